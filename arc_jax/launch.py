@@ -1,0 +1,83 @@
+"""The one entry point: `python -m arc_jax.launch --config=configs/<name>.py [--config.x=y ...]`.
+
+The config file is a small Python file whose `get_config(arg=None)` returns an
+`ml_collections.ConfigDict`; `--config=file.py:arg` passes `arg` to it. Fields can be
+overridden from the command line (`--config.learning_rate=2e-6`); an override of a field
+the config does not have is an error. `config.mode` picks what runs.
+"""
+
+import importlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from arc_jax.data.types import TaskFormatError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file, e.g. configs/demo.py or configs/demo.py:smoke. "
+    "Override fields with --config.<field>=<value>.",
+    lock_config=True,
+)
+flags.mark_flags_as_required(["config"])
+
+# mode -> "module:function" taking the ConfigDict. Modules are imported lazily so that a
+# mode's heavy dependencies are only loaded when it runs.
+MODES = {
+    "dry_run": "arc_jax.dry_run:run",
+    "train": "arc_jax.train:run",
+    "eval": "arc_jax.eval:run",
+}
+
+
+def resolve_mode(mode: str):
+    """Returns the function that runs `mode`, or raises UsageError naming the valid modes."""
+    if mode not in MODES:
+        raise app.UsageError(f"config.mode={mode!r} is not a mode; expected one of {sorted(MODES)}")
+    module_name, function_name = MODES[mode].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise app.UsageError(
+            f"config.mode={mode!r} is not implemented yet in this version of arc_jax "
+            f"(module {module_name} is missing); available now: 'dry_run'"
+        ) from None
+    return getattr(module, function_name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    logging.info("config:\n%s", config)
+    run = resolve_mode(config.mode)
+    try:
+        run(config)
+    except TaskFormatError as e:  # bad user data: one clear line, no traceback
+        sys.exit(f"error: {e}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a clear message for an override of a missing config field."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        # ml_collections wraps a KeyError whose first argument is "'name'[\nDid you mean ...]".
+        while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+            e = e.args[0]
+        detail = str(e.args[0] if e.args else e).replace("\n", "; ")
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(
+            f"FATAL Flags parsing error: unknown config field {detail} in {' '.join(overrides)}; "
+            "only fields the config file defines can be overridden"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -59,14 +59,21 @@ def main(argv):
     run = resolve_mode(config.mode)
     try:
         run(config)
-    except TaskFormatError as e:  # bad user data: one clear line, no traceback
+    except (TaskFormatError, FileNotFoundError) as e:  # bad user input: one clear line
         sys.exit(f"error: {e}")
+
+
+_HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull"}
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a clear message for an override of a missing config field."""
     try:
         return app.parse_flags_with_usage(argv)
+    except SystemExit as e:
+        if e.code == 1 and set(argv[1:]) & _HELP_FLAGS:
+            sys.exit(0)  # absl exits 1 after printing help; asking for help is not an error
+        raise
     except (AttributeError, KeyError) as e:
         # ml_collections wraps a KeyError whose first argument is "'name'[\nDid you mean ...]".
         while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):

@@ -15,7 +15,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.dataset = "arc-agi-1/training"
     config.tokenizer_path = ""  # a Hugging Face tokenizer folder; "" counts characters instead of tokens
-    config.max_prompt_length = 8000  # prompts longer than this (tokens, or characters without a tokenizer) are skipped
+    config.max_prompt_length = 8000  # prompts over this many tokens are skipped (needs a tokenizer)
 
     config.prompt = ml_collections.ConfigDict()
     config.prompt.style = "barc"  # "barc" (the training format) or "arc25"

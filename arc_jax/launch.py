@@ -40,15 +40,14 @@ def resolve_mode(mode: str):
         raise app.UsageError(f"config.mode={mode!r} is not a mode; expected one of {sorted(MODES)}")
     module_name, function_name = MODES[mode].split(":")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
+        return getattr(importlib.import_module(module_name), function_name)
+    except (ModuleNotFoundError, AttributeError) as e:
+        if isinstance(e, ModuleNotFoundError) and e.name != module_name:
+            raise  # a missing dependency, not a missing mode
         raise app.UsageError(
             f"config.mode={mode!r} is not implemented yet in this version of arc_jax "
-            f"(module {module_name} is missing); available now: 'dry_run'"
+            f"({MODES[mode]} is missing); available now: 'dry_run'"
         ) from None
-    return getattr(module, function_name)
 
 
 def main(argv):

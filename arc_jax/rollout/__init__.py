@@ -1,0 +1,22 @@
+"""Rollout engines: sample n completions per prompt for GRPO training and evaluation."""
+
+from arc_jax.rollout.interface import (
+    LLAMA3_STOP_TOKEN_IDS,
+    Completion,
+    RolloutEngine,
+    SamplingParams,
+)
+from arc_jax.rollout.memory import MemoryPlan, RolloutMemoryError, plan_memory
+from arc_jax.rollout.sampler import JaxSampler, SamplerConfig
+
+__all__ = [
+    "Completion",
+    "JaxSampler",
+    "LLAMA3_STOP_TOKEN_IDS",
+    "MemoryPlan",
+    "RolloutEngine",
+    "RolloutMemoryError",
+    "SamplerConfig",
+    "SamplingParams",
+    "plan_memory",
+]

@@ -1,0 +1,201 @@
+"""Prefill once per prompt, then decode n samples per prompt against that one prompt cache.
+
+Shapes: P prompts, n samples per prompt, B = P * n rows, S prompt slots (prompts are
+right-padded to S), T completion slots (max_new_tokens), D hidden size, N query heads,
+K key/value heads, g = N / K query heads per key/value head, H head dim, V vocabulary.
+
+The prompt cache holds one copy of each prompt's keys and values [P, S, K, H]; each sample
+has its own completion cache [P, n, T, K, H]. A decoding query of sample (p, i) attends to
+the softmax over [prompt p's keys ; sample (p, i)'s completion keys], so each decoding step
+reads every prompt cache once, not n times.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from arc_jax.model.llama import KVCache, Llama
+from arc_jax.model.sharding import constrain
+from arc_jax.rollout.interface import SamplingParams
+from arc_jax.rollout.sampling import choose_tokens, process_logits, token_logprobs
+
+
+@flax.struct.dataclass
+class PromptCache:
+    """k[i], v[i]: layer i's [P, S, K, H]; valid [P, S]: slot holds a prompt token; lengths [P]."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    valid: jax.Array
+    lengths: jax.Array
+
+
+@flax.struct.dataclass
+class CompletionCache:
+    """k[i], v[i]: layer i's [P, n, T, K, H]; slot t holds the t-th generated token."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+@flax.struct.dataclass
+class Rollout:
+    """Decoding results, rows b = p * n + i.
+
+    tokens, logprobs, temperature_logprobs [B, T]: entries past `lengths` are 0.
+    lengths [B]: tokens generated. stopped [B]: the last one is a stop token.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    temperature_logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+
+
+def prefill(model: Llama, tokens: jax.Array, lengths: jax.Array) -> tuple[PromptCache, jax.Array]:
+    """Runs right-padded prompts tokens [P, S] (real lengths [P]) through the model.
+
+    Returns their cache and the logits [P, V] at each prompt's last token.
+    """
+    p, s = tokens.shape
+    valid = jnp.arange(s)[None, :] < lengths[:, None]  # [P, S]
+    empty = KVCache.empty(model.config, p, s, model.numerics.compute_dtype)
+    h, cache = model.hidden_states(tokens, attention_mask=valid, cache=empty)  # h [P, S, D]
+    last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [P, D]
+    prompt_axes = (None, "act_seq", "act_heads", None)
+    prompt = PromptCache(k=tuple(constrain(k, model.sharding, prompt_axes) for k in cache.k),
+                         v=tuple(constrain(v, model.sharding, prompt_axes) for v in cache.v),
+                         valid=valid, lengths=lengths)
+    return prompt, model.logits(last)
+
+
+def empty_completion_cache(model: Llama, prompts: int, n: int, max_new_tokens: int
+                           ) -> CompletionCache:
+    c = model.config
+    shape = (prompts, n, max_new_tokens, c.num_key_value_heads, c.head_dim)
+    zeros = lambda: constrain(jnp.zeros(shape, model.numerics.compute_dtype), model.sharding,
+                              (None, "batch", None, "act_heads", None))
+    layers = range(c.num_hidden_layers)
+    return CompletionCache(k=tuple(zeros() for _ in layers), v=tuple(zeros() for _ in layers))
+
+
+def shared_prefix_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array,
+                            prompt_valid: jax.Array, own_k: jax.Array, own_v: jax.Array,
+                            own_valid: jax.Array) -> jax.Array:
+    """One query per sample over its prompt's keys and its own completion keys.
+
+    q [P, n, N, H]; prompt_k, prompt_v [P, S, K, H]; prompt_valid [P, S];
+    own_k, own_v [P, n, T, K, H]; own_valid [T] -> attended [P, n, N, H].
+
+    A plain einsum formulation: the two score blocks share one softmax, so the prompt keys
+    are never copied per sample. (A fused GPU kernel would do the same with a split-KV /
+    cascade attention over the two caches.)
+    """
+    p, n, heads, h = q.shape
+    kv_heads = prompt_k.shape[2]
+    q = q.reshape(p, n, kv_heads, heads // kv_heads, h).astype(jnp.float32) * h ** -0.5
+    prompt_scores = jnp.einsum("pnkgh,pskh->pnkgs", q, prompt_k.astype(jnp.float32))
+    own_scores = jnp.einsum("pnkgh,pntkh->pnkgt", q, own_k.astype(jnp.float32))
+    prompt_scores = jnp.where(prompt_valid[:, None, None, None, :], prompt_scores, -jnp.inf)
+    own_scores = jnp.where(own_valid, own_scores, -jnp.inf)
+    weights = jax.nn.softmax(jnp.concatenate([prompt_scores, own_scores], axis=-1), axis=-1)
+    s = prompt_k.shape[1]
+    out = (jnp.einsum("pnkgs,pskh->pnkgh", weights[..., :s], prompt_v.astype(jnp.float32))
+           + jnp.einsum("pnkgt,pntkh->pnkgh", weights[..., s:], own_v.astype(jnp.float32)))
+    return out.reshape(p, n, heads, h).astype(prompt_v.dtype)
+
+
+def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: PromptCache,
+                own: CompletionCache) -> tuple[jax.Array, CompletionCache]:
+    """Feeds the step-th generated tokens [P, n]; returns next-token logits [P * n, V] and the
+    completion cache with their keys and values written at slot `step`."""
+    p, n = tokens.shape
+    positions = jnp.repeat(prompt.lengths, n)[:, None] + step  # [B, 1]
+    own_valid = jnp.arange(own.k[0].shape[2]) <= step  # [T]
+    x = model.embed_tokens(tokens.reshape(p * n, 1))  # [B, 1, D]
+    new_k, new_v = [], []
+    for i, block in enumerate(model.layers):
+        attn = block.self_attn
+        q, k, v = attn.qkv(block.input_layernorm(x), positions)  # q [B, 1, N, H], k/v [B, 1, K, H]
+        own_k = jax.lax.dynamic_update_slice(
+            own.k[i], k.reshape(p, n, 1, *k.shape[2:]).astype(own.k[i].dtype), (0, 0, step, 0, 0))
+        own_v = jax.lax.dynamic_update_slice(
+            own.v[i], v.reshape(p, n, 1, *v.shape[2:]).astype(own.v[i].dtype), (0, 0, step, 0, 0))
+        attended = shared_prefix_attention(q.reshape(p, n, *q.shape[2:]), prompt.k[i],
+                                           prompt.v[i], prompt.valid, own_k, own_v, own_valid)
+        x = x + attn.output(attended.reshape(p * n, 1, *attended.shape[2:]))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+        x = constrain(x, model.sharding, ("batch", "act_seq", "act_embed"))
+        new_k.append(own_k)
+        new_v.append(own_v)
+    logits = model.logits(model.norm(x)[:, 0])
+    return logits, CompletionCache(k=tuple(new_k), v=tuple(new_v))
+
+
+def initial_seen(tokens: jax.Array, valid: jax.Array, vocab_size: int, n: int) -> jax.Array:
+    """[P * n, V] bool: the token occurs in the row's prompt (for the repetition penalty)."""
+    p, s = tokens.shape
+    rows = jnp.broadcast_to(jnp.arange(p)[:, None], (p, s))
+    seen = jnp.zeros((p, vocab_size), bool).at[rows, tokens].max(valid)
+    return jnp.repeat(seen, n, axis=0)
+
+
+def row_keys(seed: jax.Array, prompt_ids: jax.Array, n: int) -> jax.Array:
+    """One PRNG key per row [B, 2], from the seed, the prompt's index in the call and the
+    sample index, so a sample does not depend on which other prompts share its batch."""
+    base = jax.random.PRNGKey(seed)
+    per_prompt = jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_ids)
+    per_row = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n)))
+    return per_row(per_prompt).reshape(-1, 2)
+
+
+def decode(model: Llama, prompt: PromptCache, prompt_tokens: jax.Array, first_logits: jax.Array,
+           active: jax.Array, keys: jax.Array, *, n: int, sampling: SamplingParams) -> Rollout:
+    """Samples up to sampling.max_new_tokens tokens for n samples of each prompt.
+
+    first_logits [P, V]: from `prefill`. active [P]: False for padding prompts, whose samples
+    count as finished from the start. keys [B, 2]: `row_keys`. The loop ends as soon as every
+    sample has emitted a stop token.
+    """
+    p = prompt_tokens.shape[0]
+    b, t_max = p * n, sampling.max_new_tokens
+    stop_ids = jnp.asarray(sampling.stop_token_ids, jnp.int32)
+    penalised = sampling.repetition_penalty != 1.0
+    temperature = 1.0 if sampling.greedy else sampling.temperature
+    zeros = lambda dtype: jnp.zeros((b, t_max), dtype)
+
+    def cond(carry):
+        step, finished = carry[0], carry[6]
+        return (step < t_max) & ~jnp.all(finished)
+
+    def body(carry):
+        step, logits, own, tokens_out, lp_out, tlp_out, finished, lengths, seen = carry
+        processed = process_logits(logits, seen, sampling)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+        running = ~finished
+        tokens = jnp.where(running, choose_tokens(step_keys, processed, sampling.greedy), 0)
+        lp = jnp.where(running, token_logprobs(processed, tokens), 0.0)
+        tlp = jnp.where(running, token_logprobs(logits / temperature, tokens), 0.0)
+        tokens_out = tokens_out.at[:, step].set(tokens)
+        lp_out = lp_out.at[:, step].set(lp)
+        tlp_out = tlp_out.at[:, step].set(tlp)
+        lengths = lengths + running
+        finished = finished | jnp.any(tokens[:, None] == stop_ids, axis=-1)
+        if penalised:
+            seen = seen.at[jnp.arange(b), tokens].set(True)
+        logits, own = decode_step(model, tokens.reshape(p, n), step, prompt, own)
+        return step + 1, logits, own, tokens_out, lp_out, tlp_out, finished, lengths, seen
+
+    seen = (initial_seen(prompt_tokens, prompt.valid, model.config.vocab_size, n)
+            if penalised else jnp.zeros((), bool))
+    carry = (jnp.int32(0), jnp.repeat(first_logits, n, axis=0),
+             empty_completion_cache(model, p, n, t_max), zeros(jnp.int32), zeros(jnp.float32),
+             zeros(jnp.float32), ~jnp.repeat(active, n), jnp.zeros((b,), jnp.int32), seen)
+    _, _, _, tokens, lp, tlp, finished, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    stopped = (lengths > 0) & jnp.any(last[:, None] == stop_ids, axis=-1)
+    return Rollout(tokens=tokens, logprobs=lp, temperature_logprobs=tlp, lengths=lengths,
+                   stopped=stopped)

@@ -1,0 +1,214 @@
+"""`JaxSampler`: the in-process rollout engine (CPU, GPU, TPU).
+
+Per call: prompts are sorted by length and grouped into batches as large as memory allows;
+each batch is padded to bucketed shapes (prompt count to a power of two, prompt length to a
+few sizes per octave), so a run compiles a handful of programs. Each batch is prefilled once
+and decoded with `arc_jax.rollout.decode`; results return in the caller's prompt order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from arc_jax.model.llama import Llama
+from arc_jax.model.lora import LoraParam
+from arc_jax.rollout.decode import decode, prefill, row_keys
+from arc_jax.rollout.interface import Completion, SamplingParams
+from arc_jax.rollout.memory import MemoryPlan, check_fits, free_device_bytes, plan_memory
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Settings of a `JaxSampler`.
+
+    max_prompts_per_batch: most prompts decoded together (a power of two); memory may lower it.
+    min_prompt_bucket: the smallest padded prompt length.
+    prompt_bucket_bits: padded prompt lengths are m * 2**e with m having this many significant
+      bits: 1 gives powers of two (up to 2x padding), 2 gives 4, 6, 8, 12, ... (up to 1.5x).
+    memory_fraction: share of the free device memory a batch may plan to use.
+    memory_bytes: a fixed memory budget instead of asking the device (None = ask).
+    seed: seeds the engine's own source of seeds for calls with `SamplingParams.seed=None`.
+    """
+
+    max_prompts_per_batch: int = 8
+    min_prompt_bucket: int = 64
+    prompt_bucket_bits: int = 2
+    memory_fraction: float = 0.9
+    memory_bytes: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        p = self.max_prompts_per_batch
+        if p < 1 or p & (p - 1):
+            raise ValueError(f"SamplerConfig.max_prompts_per_batch must be a power of two, got {p}")
+        if self.prompt_bucket_bits < 1 or self.min_prompt_bucket < 1:
+            raise ValueError("SamplerConfig.prompt_bucket_bits and min_prompt_bucket must be >= 1")
+
+
+def bucket_length(length: int, minimum: int, bits: int) -> int:
+    """Smallest m * 2**e >= length whose m has `bits` significant bits, and >= minimum."""
+    if length <= minimum:
+        return minimum
+    step = 2 ** max(length.bit_length() - bits, 0)
+    return -(-length // step) * step
+
+
+def next_power_of_two(x: int) -> int:
+    return 1 << (x - 1).bit_length()
+
+
+def _prefill(graphdef, lora, base, tokens, lengths):
+    return prefill(nnx.merge(graphdef, lora, base), tokens, lengths)
+
+
+def _decode(graphdef, lora, base, prompt, prompt_tokens, first_logits, active, prompt_ids, seed,
+            *, n, sampling):
+    model = nnx.merge(graphdef, lora, base)
+    keys = row_keys(seed, prompt_ids, n)
+    return decode(model, prompt, prompt_tokens, first_logits, active, keys, n=n,
+                  sampling=sampling)
+
+
+class JaxSampler:
+    """Rollout engine running a `Llama` in this process.
+
+    tokenizer: optional, only used to fill `Completion.text`.
+    """
+
+    def __init__(self, model: Llama, tokenizer: Any = None, config: SamplerConfig = SamplerConfig()):
+        self.model_config = model.config
+        self.dtype = model.numerics.compute_dtype
+        self.tokenizer = tokenizer
+        self.config = config
+        self._graphdef, lora, self._base = nnx.split(model, LoraParam, ...)
+        # Committed to their placement, like the arrays `update_weights` hands in later, so
+        # both hit the same compiled programs.
+        self._lora = jax.tree.map(lambda x: jax.device_put(x, x.sharding), lora)
+        self._seeds = np.random.default_rng(config.seed)
+        self._prefill = jax.jit(_prefill, static_argnums=0)
+        self._decode = jax.jit(_decode, static_argnums=0, static_argnames=("n", "sampling"))
+
+    # ------------------------------------------------------------------ interface
+
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
+        """n completions for each prompt (token ids), in prompt order."""
+        prompts = [self._check_prompt(i, p, sampling) for i, p in enumerate(prompts)]
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"generate: n must be a positive int, got {n!r}")
+        seed = sampling.seed if sampling.seed is not None else int(self._seeds.integers(2 ** 31))
+        static_sampling = dataclasses.replace(sampling, seed=None)
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        for batch, prompt_len in self._batches(prompts, n, sampling.max_new_tokens):
+            completions = self._run_batch([prompts[i] for i in batch], batch, prompt_len, n,
+                                          seed, static_sampling)
+            for i, c in zip(batch, completions):
+                results[i] = c
+        return results
+
+    def update_weights(self, lora_state: nnx.State) -> None:
+        """Replaces the LoRA weights (`nnx.state(trained_model, LoraParam)`), placed like the
+        current ones so the compiled programs are reused."""
+        old_leaves, old_tree = jax.tree_util.tree_flatten_with_path(self._lora)
+        new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(lora_state)
+        if old_tree != new_tree:
+            raise ValueError(f"update_weights: LoRA state structure differs from the sampler's "
+                             f"({len(new_leaves)} arrays given, {len(old_leaves)} expected)")
+        placed = []
+        for (path, old), (_, new) in zip(old_leaves, new_leaves):
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise ValueError(f"update_weights: {jax.tree_util.keystr(path)} is "
+                                 f"{new.dtype}{list(new.shape)}, expected "
+                                 f"{old.dtype}{list(old.shape)}")
+            placed.append(jax.device_put(new, old.sharding))
+        self._lora = jax.tree_util.tree_unflatten(old_tree, placed)
+
+    # ------------------------------------------------------------------ batching
+
+    def plan(self, prompts: int, prompt_len: int, n: int, max_new_tokens: int) -> MemoryPlan:
+        """The memory a batch of these (already bucketed) sizes needs."""
+        return plan_memory(self.model_config, self.dtype, prompts, prompt_len, n, max_new_tokens)
+
+    def _budget(self) -> int:
+        if self.config.memory_bytes is not None:
+            return self.config.memory_bytes
+        return int(free_device_bytes() * self.config.memory_fraction)
+
+    def _batches(self, prompts: list[list[int]], n: int, max_new_tokens: int):
+        """Yields (prompt indices, padded prompt length), shortest prompts first, each batch
+        the largest power of two of prompts that fits the memory budget."""
+        budget = self._budget()
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        start = 0
+        while start < len(order):
+            size = self.config.max_prompts_per_batch
+            while True:
+                batch = order[start:start + size]
+                prompt_len = bucket_length(max(len(prompts[i]) for i in batch),
+                                           self.config.min_prompt_bucket,
+                                           self.config.prompt_bucket_bits)
+                plan = self.plan(next_power_of_two(len(batch)), prompt_len, n, max_new_tokens)
+                if plan.total <= budget or size == 1:
+                    break
+                size //= 2
+            check_fits(plan, budget)
+            yield batch, prompt_len
+            start += len(batch)
+
+    def _run_batch(self, prompts: list[list[int]], prompt_ids: list[int], prompt_len: int, n: int,
+                   seed: int, sampling: SamplingParams) -> list[list[Completion]]:
+        padded = next_power_of_two(len(prompts))
+        tokens = np.zeros((padded, prompt_len), np.int32)
+        lengths = np.ones((padded,), np.int32)  # padding prompts: one token, never decoded
+        for row, prompt in enumerate(prompts):
+            tokens[row, :len(prompt)] = prompt
+            lengths[row] = len(prompt)
+        active = np.arange(padded) < len(prompts)
+        ids = np.zeros((padded,), np.int32)
+        ids[:len(prompts)] = prompt_ids
+        prompt_cache, first_logits = self._prefill(self._graphdef, self._lora, self._base,
+                                                   tokens, lengths)
+        rollout = self._decode(self._graphdef, self._lora, self._base, prompt_cache, tokens,
+                               first_logits, active, ids, np.uint32(seed), n=n, sampling=sampling)
+        rollout = jax.device_get(rollout)
+        return [[self._completion(rollout, p * n + i) for i in range(n)]
+                for p in range(len(prompts))]
+
+    def _completion(self, rollout, row: int) -> Completion:
+        length = int(rollout.lengths[row])
+        stopped = bool(rollout.stopped[row])
+        token_ids = tuple(int(t) for t in rollout.tokens[row, :length])
+        text = ""
+        if self.tokenizer is not None:
+            body = token_ids[:-1] if stopped else token_ids
+            text = self.tokenizer.decode(list(body), skip_special_tokens=True)
+        return Completion(
+            token_ids=token_ids,
+            logprobs=tuple(float(x) for x in rollout.logprobs[row, :length]),
+            temperature_logprobs=tuple(float(x) for x in rollout.temperature_logprobs[row, :length]),
+            finish_reason="stop" if stopped else "length",
+            text=text)
+
+    def _check_prompt(self, index: int, prompt: Sequence[int], sampling: SamplingParams
+                      ) -> list[int]:
+        ids = np.asarray(prompt)
+        vocab = self.model_config.vocab_size
+        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"generate: prompt {index} must be a non-empty list of token ids, "
+                             f"got {ids.dtype}{list(ids.shape)}")
+        bad = np.flatnonzero((ids < 0) | (ids >= vocab))
+        if bad.size:
+            raise ValueError(f"generate: prompt {index} has token id {int(ids[bad[0]])} at "
+                             f"position {int(bad[0])}, outside the vocabulary [0, {vocab})")
+        total = ids.size + sampling.max_new_tokens
+        if total > self.model_config.max_position_embeddings:
+            raise ValueError(f"generate: prompt {index} has {ids.size} tokens; with "
+                             f"max_new_tokens={sampling.max_new_tokens} that exceeds the model's "
+                             f"{self.model_config.max_position_embeddings} positions")
+        return ids.tolist()
+

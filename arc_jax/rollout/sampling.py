@@ -1,0 +1,93 @@
+"""Sampling transforms: pure functions on float32 logits [B, V].
+
+They run in the order of transformers' `generate` (and vLLM's sampler):
+  1. repetition penalty (on raw logits),
+  2. temperature,
+  3. top-k,
+  4. top-p (over what top-k kept, renormalised),
+  5. min-p.
+Removed tokens get -inf, so `log_softmax` of the result is the distribution actually sampled
+from. (min-p compares each probability with the largest one, a ratio that the earlier
+renormalisations do not change, so vLLM applying it before top-k/top-p gives the same set.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from arc_jax.rollout.interface import SamplingParams
+
+
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """Penalises tokens already seen [B, V] (bool): positive logits / p, negative logits * p."""
+    penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def apply_top_k(logits: jax.Array, k: int) -> jax.Array:
+    """Keeps the k largest logits of each row (all ties with the k-th largest)."""
+    k = min(k, logits.shape[-1])
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def apply_top_p(logits: jax.Array, p: float) -> jax.Array:
+    """Keeps the most likely tokens until their probability sum reaches p (at least one).
+
+    As transformers: in ascending order, a token is removed while the cumulative probability
+    up to and including it is <= 1 - p. The kept set is every token at or above the smallest
+    kept logit (ties at that logit are all kept).
+    """
+    ascending = jnp.sort(logits, axis=-1)
+    cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+    removed = cumulative <= 1 - p
+    removed = removed.at[..., -1].set(False)
+    num_removed = jnp.sum(removed, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ascending, num_removed, axis=-1)  # smallest kept logit
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def apply_min_p(logits: jax.Array, min_p: float) -> jax.Array:
+    """Removes tokens whose probability is below min_p times the row's largest probability."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    threshold = min_p * jnp.max(probs, axis=-1, keepdims=True)
+    return jnp.where(probs < threshold, -jnp.inf, logits)
+
+
+def process_logits(logits: jax.Array, seen: jax.Array | None,
+                   sampling: SamplingParams) -> jax.Array:
+    """All transforms of `sampling`, in the documented order; logits [B, V] float32.
+
+    `seen` [B, V] marks tokens of the prompt and completion so far (needed only when
+    repetition_penalty != 1). Greedy sampling (temperature 0) applies only the penalty.
+    """
+    if sampling.repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("process_logits: repetition_penalty needs the `seen` token mask")
+        logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty)
+    if sampling.greedy:
+        return logits
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        logits = apply_top_k(logits, sampling.top_k)
+    if sampling.top_p < 1.0:
+        logits = apply_top_p(logits, sampling.top_p)
+    if sampling.min_p > 0.0:
+        logits = apply_min_p(logits, sampling.min_p)
+    return logits
+
+
+def choose_tokens(keys: jax.Array, processed: jax.Array, greedy: bool) -> jax.Array:
+    """Next tokens [B] (int32) from processed logits [B, V]: argmax, or one draw per row key."""
+    if greedy:
+        return jnp.argmax(processed, axis=-1).astype(jnp.int32)
+    draw = jax.vmap(lambda key, row: jax.random.categorical(key, row))
+    return draw(keys, processed).astype(jnp.int32)
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log_softmax(logits)[b, tokens[b]] for logits [B, V], tokens [B] -> [B] float32."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

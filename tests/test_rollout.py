@@ -1,0 +1,275 @@
+"""JaxSampler on a tiny random Llama, checked against transformers (torch, float32)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
+from arc_jax.rollout import (
+    JaxSampler,
+    RolloutEngine,
+    RolloutMemoryError,
+    SamplerConfig,
+    SamplingParams,
+    plan_memory,
+)
+from arc_jax.rollout.decode import empty_completion_cache, prefill
+from arc_jax.rollout.sampler import bucket_length
+
+VOCAB = 97
+PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11, 12], [1, 20, 21, 22]]
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20, stop_token_ids=())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    return path, model
+
+
+def load(path, **kwargs):
+    return from_pretrained(path, dtype=np.float32, numerics=Numerics(precision="highest"),
+                           **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sampler(checkpoint):
+    return JaxSampler(load(checkpoint[0]))
+
+
+def hf_greedy(model, prompt, steps):
+    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=steps,
+                         min_new_tokens=steps, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_jax_sampler_implements_the_interface(sampler):
+    assert isinstance(sampler, RolloutEngine)
+
+
+def test_greedy_matches_transformers_generate(checkpoint, sampler):
+    _, hf_model = checkpoint
+    results = sampler.generate(PROMPTS, 3, GREEDY)
+    assert len(results) == 2
+    for prompt, completions in zip(PROMPTS, results):
+        expected = hf_greedy(hf_model, prompt, 20)
+        assert len(completions) == 3
+        for c in completions:
+            assert list(c.token_ids) == expected
+            assert c.finish_reason == "length" and c.truncated
+            assert len(c.logprobs) == len(c.temperature_logprobs) == 20
+
+
+def test_greedy_stops_at_a_stop_token_and_keeps_it(checkpoint, sampler):
+    _, hf_model = checkpoint
+    expected = hf_greedy(hf_model, PROMPTS[0], 20)
+    stop = expected[4]
+    cut = expected.index(stop) + 1
+    [[c]] = sampler.generate([PROMPTS[0]], 1, dataclasses.replace(GREEDY, stop_token_ids=(stop,)))
+    assert list(c.token_ids) == expected[:cut]
+    assert c.finish_reason == "stop" and not c.truncated
+    assert len(c.logprobs) == cut
+
+
+def torch_logits(hf_model, prompt, completion):
+    """Logits [len(completion), V] that predicted each completion token."""
+    ids = torch.tensor([list(prompt) + list(completion)])
+    with torch.no_grad():
+        logits = hf_model(ids).logits[0]
+    return logits[len(prompt) - 1:-1]
+
+
+def test_sampled_logprobs_equal_log_softmax_of_transformed_logits(checkpoint, sampler):
+    _, hf_model = checkpoint
+    sampling = SamplingParams(temperature=0.8, top_k=30, top_p=0.9, repetition_penalty=1.05,
+                              max_new_tokens=12, stop_token_ids=(), seed=3)
+    results = sampler.generate(PROMPTS, 2, sampling)
+    for prompt, completions in zip(PROMPTS, results):
+        for c in completions:
+            logits = torch_logits(hf_model, prompt, c.token_ids)
+            for t, token in enumerate(c.token_ids):
+                ids = torch.tensor([list(prompt) + list(c.token_ids[:t])])
+                scores = logits[t:t + 1].clone()
+                raw = torch.log_softmax(scores / sampling.temperature, -1)[0, token].item()
+                for proc in (RepetitionPenaltyLogitsProcessor(1.05), TemperatureLogitsWarper(0.8),
+                             TopKLogitsWarper(30), TopPLogitsWarper(0.9)):
+                    scores = proc(ids, scores)
+                processed = torch.log_softmax(scores, -1)[0, token].item()
+                assert np.isfinite(processed), "sampled a token outside the kept set"
+                assert c.logprobs[t] == pytest.approx(processed, abs=2e-4)
+                assert c.temperature_logprobs[t] == pytest.approx(raw, abs=2e-4)
+    # Truncation renormalises, so the two kinds of log-probability must differ somewhere.
+    c = results[0][0]
+    assert not np.allclose(c.logprobs, c.temperature_logprobs, atol=1e-3)
+
+
+def test_seed_reproducible_across_batching_and_different_per_seed(checkpoint, sampler):
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=(), seed=7)
+    together = sampler.generate(PROMPTS, 2, sampling)
+    one_by_one = JaxSampler(load(checkpoint[0]), config=SamplerConfig(max_prompts_per_batch=1))
+    apart = one_by_one.generate(PROMPTS, 2, sampling)
+    tokens = lambda results: [[c.token_ids for c in cs] for cs in results]
+    assert tokens(together) == tokens(apart)
+    other = sampler.generate(PROMPTS, 2, dataclasses.replace(sampling, seed=8))
+    assert tokens(other) != tokens(together)
+    assert together[0][0].token_ids != together[0][1].token_ids  # samples differ
+
+
+def test_prompt_cache_is_not_copied_per_sample(sampler):
+    model = nnx.merge(sampler._graphdef, sampler._lora, sampler._base)
+    tokens = np.ones((2, 64), np.int32)
+    prompt, _ = jax.eval_shape(lambda: prefill(model, tokens, np.array([64, 10])))
+    own = jax.eval_shape(lambda: empty_completion_cache(model, 2, 8, 5))
+    assert prompt.k[0].shape == (2, 64, 2, 16)  # [P, S, K, H]: one copy per prompt
+    assert own.k[0].shape == (2, 8, 5, 2, 16)  # [P, n, T, K, H]
+
+    # The compiled decoding program: going from 1 to 8 samples must not add 7 prompt caches.
+    p, s = 2, 1024
+    tokens = np.ones((p, s), np.int32)
+    lengths = np.full((p,), s, np.int32)
+    args = (sampler._graphdef, sampler._lora, sampler._base)
+    prompt, first = jax.eval_shape(sampler._prefill, *args, tokens, lengths)
+    prompt_cache_bytes = sum(x.size * 4 for x in prompt.k + prompt.v)
+
+    def temp_bytes(n):
+        compiled = sampler._decode.lower(
+            *args, prompt, tokens, first, np.ones(p, bool), np.zeros(p, np.int32), np.uint32(0),
+            n=n, sampling=SamplingParams(max_new_tokens=4)).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(8) - temp_bytes(1) < prompt_cache_bytes
+
+
+def test_update_weights_changes_outputs_without_recompiling(checkpoint):
+    path, _ = checkpoint
+    lora = LoraConfig(rank=4, alpha=8.0)
+    sampler = JaxSampler(load(path, lora=lora))
+    before = sampler.generate(PROMPTS, 1, GREEDY)
+    compiled = sampler._decode._cache_size()
+
+    trained = load(path, lora=lora)
+    state = nnx.state(trained, LoraParam)
+    state = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(1), x.shape),
+                         state)
+    nnx.update(trained, state)
+    sampler.update_weights(state)
+    after = sampler.generate(PROMPTS, 1, GREEDY)
+    assert sampler._decode._cache_size() == compiled
+    assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
+    fresh = JaxSampler(trained).generate(PROMPTS, 1, GREEDY)
+    assert [c[0].token_ids for c in after] == [c[0].token_ids for c in fresh]
+
+    wrong = jax.tree.map(lambda x: x[:1], state)
+    with pytest.raises(ValueError, match="lora_a"):
+        sampler.update_weights(wrong)
+
+
+def test_memory_plan_by_hand(sampler):
+    # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes = 512 bytes per token.
+    plan = plan_memory(sampler.model_config, np.float32, prompts=2, prompt_len=64, n=3,
+                       max_new_tokens=20)
+    assert plan.prompt_cache == 2 * 64 * 512
+    assert plan.completion_cache == 2 * 3 * 20 * 512
+    assert plan.total > plan.prompt_cache + plan.completion_cache
+
+
+def test_refuses_a_batch_that_does_not_fit(checkpoint):
+    tiny = JaxSampler(load(checkpoint[0]), config=SamplerConfig(memory_bytes=10_000))
+    with pytest.raises(RolloutMemoryError, match=r"needs .* GiB .* only .* free.*Lower n"):
+        tiny.generate(PROMPTS, 3, GREEDY)
+
+
+def test_splits_prompts_into_smaller_batches_when_memory_is_short(checkpoint, sampler):
+    one = sampler.plan(1, 64, 3, 20).total
+    two = sampler.plan(2, 64, 3, 20).total
+    assert one < two
+    narrow = JaxSampler(load(checkpoint[0]), config=SamplerConfig(memory_bytes=(one + two) // 2))
+    batches = list(narrow._batches(PROMPTS, 3, 20))
+    assert [len(b) for b, _ in batches] == [1, 1]
+    assert narrow.generate(PROMPTS, 3, GREEDY) == sampler.generate(PROMPTS, 3, GREEDY)
+
+
+def test_prompt_length_buckets():
+    assert bucket_length(10, 64, 2) == 64
+    assert bucket_length(65, 64, 2) == 96
+    assert bucket_length(4096, 64, 2) == 4096
+    assert bucket_length(4097, 64, 2) == 6144
+    assert bucket_length(8635, 64, 2) == 12288
+    assert bucket_length(4097, 64, 1) == 8192
+    assert bucket_length(4097, 64, 3) == 5120
+
+
+def test_completion_text_is_decoded_without_the_stop_token(checkpoint):
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend)
+    sampler = JaxSampler(load(checkpoint[0]), tokenizer=tokenizer)
+    expected = hf_greedy(checkpoint[1], PROMPTS[1], 20)
+    stop = expected[3]
+    cut = expected.index(stop)
+    [[c]] = sampler.generate([PROMPTS[1]], 1, dataclasses.replace(GREEDY, stop_token_ids=(stop,)))
+    assert c.text == " ".join(f"w{t}" for t in expected[:cut])
+
+
+@pytest.mark.parametrize("prompts, n, match", [
+    ([[]], 1, "prompt 0"),
+    ([[1, 2], [1, VOCAB]], 1, "prompt 1 .* vocabulary"),
+    ([[1, 2], [[1, 2]]], 1, "prompt 1"),
+    ([[1, 2]], 0, "n must"),
+    ([[1] * 2040], 1, "prompt 0 has 2040 tokens"),
+])
+def test_bad_requests_name_the_prompt(sampler, prompts, n, match):
+    with pytest.raises(ValueError, match=match):
+        sampler.generate(prompts, n, GREEDY)
+
+
+SHARDED_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh
+from arc_jax.model import Numerics, from_pretrained
+from arc_jax.rollout import JaxSampler, SamplingParams
+mesh = Mesh(np.array(jax.devices()).reshape(1, 2), ("fsdp", "tensor"))
+model = from_pretrained(sys.argv[1], dtype=np.float32, numerics=Numerics(precision="highest"),
+                        mesh=mesh)
+assert len(model.layers[0].self_attn.q_proj.kernel[...].sharding.device_set) == 2
+out = JaxSampler(model).generate(json.loads(sys.argv[2]), 2, SamplingParams(
+    temperature=0, max_new_tokens=10, stop_token_ids=()))
+print(json.dumps([[list(c.token_ids) for c in cs] for cs in out]))
+"""
+
+
+def test_runs_under_a_two_device_mesh(checkpoint):
+    path, hf_model = checkpoint
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(path), json.dumps(PROMPTS)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokens = json.loads(result.stdout.strip().splitlines()[-1])
+    for prompt, samples in zip(PROMPTS, tokens):
+        assert samples == [hf_greedy(hf_model, prompt, 10)] * 2

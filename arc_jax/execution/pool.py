@@ -1,0 +1,212 @@
+"""ExecutionPool: runs untrusted programs on ARC grids in sandboxed warm workers.
+
+Each pool slot is a worker process (worker.py) that imported numpy, scipy and
+the DSL once and forks a fresh sandboxed child per program. A dispatcher thread
+per slot feeds it jobs from a shared queue, so `submit` returns at once and the
+caller (e.g. the trainer's main loop) keeps working. A worker that dies or
+stops answering is replaced; its job still gets a result (a Crash).
+
+What a program may not do, and what happens instead (see seccomp.py, worker.py):
+- run past `timeout_s` (wall clock, all inputs together): killed -> Timeout;
+- use more than `memory_limit_mb` of address space -> MemoryError;
+- create processes (fork, os.system, subprocess) or exec: PermissionError;
+- change any file (inside its private working directory too): PermissionError;
+- open sockets, signal other processes, trace them: PermissionError;
+- end its process (sys.exit, os._exit) -> Exit; die by a signal -> Crash.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+
+from arc_jax.execution import protocol, seccomp
+from arc_jax.execution.config import ErrorType, ExecutionConfig, ExecutionResult
+
+_WORKER_SCRIPT = os.path.join(os.path.dirname(__file__), "worker.py")
+_DEFAULT_COMMON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dsl", "common.py")
+_STARTUP_TIMEOUT_S = 120.0
+_REPLY_GRACE_S = 10.0  # beyond timeout_s, for the worker's own fork/reap/reply
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not start (e.g. the DSL file does not import)."""
+
+
+def _failure(error_type: str, message: str, num_inputs: int, duration_s: float = 0.0) -> ExecutionResult:
+    return ExecutionResult((None,) * num_inputs, error_type, message, "", duration_s)
+
+
+def _input_grid(grid: object, index: int) -> np.ndarray:
+    array = np.asarray(grid)
+    if array.ndim != 2 or array.dtype.kind not in "iu":
+        raise ValueError(f"input {index} has shape {array.shape} and dtype {array.dtype}; expected a 2-D int grid")
+    return np.array(array, dtype=np.int64)
+
+
+class _Slot:
+    """One worker process and the pipes to it; restarted on the next job after it fails."""
+
+    def __init__(self, common_path: str, config: ExecutionConfig):
+        self._common_path = common_path
+        self._config = config
+        self._process: subprocess.Popen | None = None
+        self._job_ids = itertools.count()
+
+    def spawn(self) -> None:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+        self._process = subprocess.Popen(
+            [sys.executable, _WORKER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        settings = {
+            "timeout_s": self._config.timeout_s,
+            "memory_limit_mb": self._config.memory_limit_mb,
+            "entry_point": self._config.entry_point,
+            "max_grid_side": self._config.max_grid_side,
+            "max_output_chars": self._config.max_output_chars,
+        }
+        protocol.write_message(self._process.stdin.fileno(), (self._common_path, settings))
+
+    def wait_ready(self) -> None:
+        try:
+            reply = protocol.read_message(self._process.stdout.fileno(), time.monotonic() + _STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            reply = ("failed", f"no answer within {_STARTUP_TIMEOUT_S} s")
+        if reply is None or reply[0] != "ready":
+            self.stop(kill=True)
+            reason = "it exited (see its stderr)" if reply is None else reply[1]
+            raise WorkerStartError(f"an execution worker failed to start: {reason}")
+
+    def execute(self, code: str, inputs: list[np.ndarray]) -> ExecutionResult:
+        if self._process is None:
+            self.spawn()
+            self.wait_ready()
+        job_id = next(self._job_ids)
+        start = time.monotonic()
+        try:
+            protocol.write_message(self._process.stdin.fileno(), (job_id, code, inputs))
+            reply = protocol.read_message(self._process.stdout.fileno(), start + self._config.timeout_s + _REPLY_GRACE_S)
+            problem = "the worker process died" if reply is None else None
+        except TimeoutError:
+            reply, problem = None, "the worker process stopped answering"
+        except OSError as e:  # e.g. BrokenPipeError: the worker is gone
+            reply, problem = None, f"the worker process died ({e})"
+        if reply is None or reply[0] != job_id:
+            self.stop(kill=True)
+            return _failure(ErrorType.CRASH, problem or "the worker answered another job", len(inputs), time.monotonic() - start)
+        _, outputs, error_type, message, stdout, duration = reply
+        outputs = tuple(None if grid is None else grid.astype(np.int64) for grid in outputs)
+        return ExecutionResult(outputs, error_type, message, stdout, duration)
+
+    def stop(self, kill: bool = False) -> None:
+        """End the worker process: close its stdin, then kill it if it lingers (or at once)."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        if kill:
+            process.kill()
+        for pipe in (process.stdin, process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+
+class ExecutionPool:
+    """Runs programs in sandboxed warm workers; a context manager.
+
+    Every submitted program gets exactly one ExecutionResult. `close` (or leaving
+    the `with` block) finishes the jobs already submitted, then stops the workers.
+    """
+
+    def __init__(self, config: ExecutionConfig = ExecutionConfig()):
+        if not seccomp.supported():
+            raise OSError("ExecutionPool's sandbox needs Linux on x86-64")
+        common_path = config.common_path or _DEFAULT_COMMON
+        if not os.path.isfile(common_path):
+            raise FileNotFoundError(f"the DSL file {common_path} does not exist (ExecutionConfig.common_path)")
+        self.config = config
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._slots = [_Slot(os.path.abspath(common_path), config) for _ in range(config.num_workers or os.cpu_count())]
+        try:
+            for slot in self._slots:
+                slot.spawn()
+            for slot in self._slots:
+                slot.wait_ready()
+        except BaseException:
+            for slot in self._slots:
+                slot.stop(kill=True)
+            raise
+        self._threads = [threading.Thread(target=self._serve, args=(slot,), daemon=True) for slot in self._slots]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, code: str, inputs: Sequence[np.ndarray]) -> concurrent.futures.Future:
+        """Queue `code` to run on each grid of `inputs`; the future gives its ExecutionResult."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        grids = [_input_grid(grid, i) for i, grid in enumerate(inputs)]
+        future = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the ExecutionPool is closed")
+            self._queue.put((future, code, grids))
+        return future
+
+    def run(self, jobs: Sequence[tuple[str, Sequence[np.ndarray]]]) -> list[ExecutionResult]:
+        """Run (code, inputs) jobs and wait for all; results in the order of `jobs`."""
+        futures = [self.submit(code, inputs) for code, inputs in jobs]
+        return [future.result() for future in futures]
+
+    def worker_pids(self) -> list[int | None]:
+        """Process ids of the workers (None for one being replaced)."""
+        return [slot.pid for slot in self._slots]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def __enter__(self) -> ExecutionPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _serve(self, slot: _Slot) -> None:
+        while (item := self._queue.get()) is not None:
+            future, code, inputs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = slot.execute(code, inputs)
+            except BaseException as e:  # e.g. a replacement worker that cannot start: still answer the job
+                slot.stop(kill=True)
+                result = _failure(ErrorType.CRASH, f"the job could not run: {e}", len(inputs))
+            future.set_result(result)
+        slot.stop()

@@ -1,0 +1,220 @@
+"""Score sampled completions: `python -m arc_jax.score --dataset=<source> --predictions=<file.jsonl>`.
+
+Each line of the predictions file is one JSON object:
+
+    {"task_id": "007bbfb7", "completion": "...```python\\n...\\n```",
+     "test_index": 0, "augmentation": {"hflip": true, "n_rot90": 1, "colour_map": [...]}}
+
+`task_id` and `completion` are required. `augmentation` (optional) is the augmentation
+the prompt showed, as written by `Augmentation.to_json`: the program then runs on the
+augmented inputs and its outputs are reverted before they are compared with the task.
+`test_index` (optional) records which test input the prompt showed; it is checked but
+does not change scoring, since every program runs on all test inputs. Blank lines are
+skipped; any other malformed line (bad JSON, a missing, unknown or mistyped key) stops
+the run with an error naming the line.
+
+Every task id must be in the dataset: unknown ids stop the run before anything is
+executed, with their count and ids. Metrics cover the tasks that have predictions (the
+number of dataset tasks without any is printed); the table has one row per task and a
+MEAN row, and `--output` writes the per-task and mean metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from arc_jax import data
+from arc_jax import execution
+from arc_jax import rewards
+
+_DATASET = flags.DEFINE_string("dataset", None, "Tasks to score against, e.g. arc-agi-1/training or a JSON file.")
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file, one prediction per line.")
+_OUTPUT = flags.DEFINE_string("output", None, "If set, write per-task and mean metrics to this JSON file.")
+_SCHEME = flags.DEFINE_enum("reward_scheme", rewards.DEFAULT_SCHEME, sorted(rewards.SCHEMES),
+                            "Reward scheme for the reward column.")
+_PASS_AT_K = flags.DEFINE_list("pass_at_k", ["1", "2"], "Values of k for the pass@k columns.")
+_TIMEOUT_S = flags.DEFINE_float("timeout_s", execution.ExecutionConfig.timeout_s,
+                                "Wall-clock limit per program, all its inputs together.")
+_MEMORY_LIMIT_MB = flags.DEFINE_integer("memory_limit_mb", execution.ExecutionConfig.memory_limit_mb,
+                                        "Address-space limit of each program's process.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per CPU.")
+_COMMON_PATH = flags.DEFINE_string("common_path", None,
+                                   "A `common.py` for programs to import instead of the bundled DSL.")
+_TASK_ROWS = flags.DEFINE_bool("task_rows", True, "Print one table row per task, not only the MEAN row.")
+
+# key -> (Python type, JSON type name)
+_KEYS = {"task_id": (str, "string"), "completion": (str, "string"), "test_index": (int, "integer"),
+         "augmentation": (dict, "object")}
+_REQUIRED = ("task_id", "completion")
+# Predictions in flight at once: bounds memory for files with very many lines.
+_CHUNK = 2048
+
+
+class PredictionFormatError(ValueError):
+    """A predictions file line is malformed or names a task that is not in the dataset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    task_id: str
+    completion: str
+    line: int  # 1-based line number in the predictions file
+    test_index: int | None = None
+    augmentation: data.Augmentation | None = None
+
+
+def parse_prediction(text: str, where: str, line: int) -> Prediction:
+    """Reads one JSONL line; `where` (e.g. "preds.jsonl line 3") prefixes every error."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PredictionFormatError(f"{where}: not valid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(record, dict):
+        raise PredictionFormatError(f"{where}: expected a JSON object, got {_json_type(record)}")
+    unknown = sorted(set(record) - set(_KEYS))
+    if unknown:
+        raise PredictionFormatError(f"{where}: unknown keys {unknown}; expected keys {sorted(_KEYS)}")
+    for key in _REQUIRED:
+        if key not in record:
+            raise PredictionFormatError(f"{where}: missing key {key!r}")
+    for key, value in record.items():
+        expected_type, type_name = _KEYS[key]
+        optional_null = value is None and key not in _REQUIRED
+        if not optional_null and (not isinstance(value, expected_type) or isinstance(value, bool)):
+            raise PredictionFormatError(f"{where}: {key!r} must be a JSON {type_name}, got {_json_type(value)}")
+    test_index = record.get("test_index")
+    if test_index is not None and test_index < 0:
+        raise PredictionFormatError(f"{where}: 'test_index' must be >= 0, got {test_index}")
+    augmentation = record.get("augmentation")
+    if augmentation is not None:
+        try:
+            augmentation = data.Augmentation.from_json(augmentation)
+        except ValueError as e:
+            raise PredictionFormatError(f"{where}: 'augmentation': {e}") from None
+    return Prediction(record["task_id"], record["completion"], line, test_index, augmentation)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def read_predictions(path: str) -> list[Prediction]:
+    """All predictions of a JSONL file, in file order."""
+    predictions = []
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if text.strip():
+                predictions.append(parse_prediction(text, f"{path} line {number}", number))
+    if not predictions:
+        raise PredictionFormatError(f"{path}: no predictions")
+    return predictions
+
+
+def check_predictions(predictions: Sequence[Prediction], tasks: Mapping[str, data.Task], path: str) -> None:
+    """Raises PredictionFormatError for unknown task ids (all of them) or a test_index out of range."""
+    unknown = sorted({p.task_id for p in predictions} - set(tasks))
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        raise PredictionFormatError(f"{path}: {len(unknown)} task ids are not in the dataset: {shown}")
+    for p in predictions:
+        num_tests = len(tasks[p.task_id].test)
+        if p.test_index is not None and p.test_index >= num_tests:
+            raise PredictionFormatError(
+                f"{path} line {p.line}: test_index {p.test_index} is out of range; "
+                f"task {p.task_id} has {num_tests} test inputs"
+            )
+
+
+def score_predictions(pool: execution.ExecutionPool, predictions: Sequence[Prediction], tasks: Mapping[str, data.Task],
+                      scheme: str) -> dict[str, list[rewards.CompletionRecord]]:
+    """Runs every prediction and returns the records grouped by task, in dataset order."""
+    by_task: dict[str, list[rewards.CompletionRecord]] = {task_id: [] for task_id in tasks}
+    for start in range(0, len(predictions), _CHUNK):
+        chunk = predictions[start:start + _CHUNK]
+        pending = [rewards.submit_completion(pool, p.completion, tasks[p.task_id], p.augmentation)
+                   for p in chunk]
+        for p, job in zip(chunk, pending):
+            by_task[p.task_id].append(job.record(scheme))
+        logging.info("scored %d of %d predictions", start + len(chunk), len(predictions))
+    return {task_id: records for task_id, records in by_task.items() if records}
+
+
+def summarize(records_by_task: Mapping[str, Sequence[rewards.CompletionRecord]],
+              ks: Sequence[int]) -> tuple[dict[str, rewards.Metrics], rewards.Metrics]:
+    """Per-task metrics and their mean over tasks."""
+    per_task = {task_id: rewards.task_metrics(records, ks) for task_id, records in records_by_task.items()}
+    return per_task, rewards.mean_metrics(per_task)
+
+
+def _parse_ks(values: Sequence[str]) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--pass_at_k must be positive integers, got {','.join(values)}") from None
+    if any(k < 1 for k in ks):
+        raise app.UsageError(f"--pass_at_k must be positive integers, got {','.join(values)}")
+    return ks
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    ks = _parse_ks(_PASS_AT_K.value)
+    try:
+        config = execution.ExecutionConfig(
+            num_workers=_NUM_WORKERS.value,
+            timeout_s=_TIMEOUT_S.value,
+            memory_limit_mb=_MEMORY_LIMIT_MB.value,
+            common_path=_COMMON_PATH.value,
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
+    if not os.path.isdir(output_dir):  # fail now rather than after scoring
+        sys.exit(f"error: --output: directory {output_dir} does not exist")
+    try:
+        tasks = data.load_tasks(_DATASET.value)
+        predictions = read_predictions(_PREDICTIONS.value)
+        check_predictions(predictions, tasks, _PREDICTIONS.value)
+    except (data.TaskFormatError, PredictionFormatError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+    with execution.ExecutionPool(config) as pool:
+        records_by_task = score_predictions(pool, predictions, tasks, _SCHEME.value)
+    per_task, mean = summarize(records_by_task, ks)
+    errors = rewards.error_counts(r for records in records_by_task.values() for r in records)
+
+    print(rewards.format_table(per_task, mean, show_tasks=_TASK_ROWS.value))
+    print(f"{len(predictions)} predictions on {len(per_task)} tasks; "
+          f"{len(tasks) - len(per_task)} of the {len(tasks)} dataset tasks have no predictions")
+    print("errors: " + (", ".join(f"{name} {count}" for name, count in errors.items()) or "none"))
+    if _OUTPUT.value:
+        report = {
+            "dataset": _DATASET.value,
+            "predictions": _PREDICTIONS.value,
+            "reward_scheme": _SCHEME.value,
+            "execution": dataclasses.asdict(config),
+            "num_predictions": len(predictions),
+            "num_dataset_tasks": len(tasks),
+            "error_counts": errors,
+            "mean": mean,
+            "tasks": per_task,
+        }
+        with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["dataset", "predictions"])
+    app.run(main)

@@ -18,11 +18,13 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tasks = data.load_tasks(config.dataset)
     rng = np.random.default_rng(config.seed)
     task_ids = sorted(tasks)
-    chosen = [task_ids[i] for i in rng.permutation(len(task_ids))[: config.dry_run.num_tasks]]
+    chosen = [task_ids[i] for i in rng.permutation(len(task_ids))[: config.preview.num_tasks]]
 
-    tokenizer = _load_tokenizer(config.tokenizer_path)
+    tokenizer = _load_tokenizer(config)
     unit = "tokens" if tokenizer is not None else "characters"
-    prompt_config = prompts.PromptConfig(style=config.prompt.style)
+    budget = config.max_seq_length - config.max_completion_length
+    prompt_config = prompts.PromptConfig(style=config.prompt.style,
+                                         prefill_assistant=config.prompt.prefill_assistant)
 
     lengths, skipped = [], []
     for step, task_id in enumerate(chosen):
@@ -34,11 +36,11 @@ def run(config: ml_collections.ConfigDict) -> dict:
             task = augmentation.apply_task(task)
         text = prompts.render_prompt(task, prompt_config, tokenizer=tokenizer, seed=config.seed + step)
         length = prompts.prompt_num_tokens(tokenizer, text) if tokenizer is not None else len(text)
-        if tokenizer is not None and length > config.max_prompt_length:
+        if tokenizer is not None and length > budget:
             skipped.append(task_id)
             continue
         lengths.append(length)
-        if step < config.dry_run.show_prompts:
+        if step < config.preview.show_prompts:
             print(f"--- prompt for task {task_id} ({length} {unit}) ---\n{text}\n")
 
     summary = {
@@ -56,15 +58,19 @@ def run(config: ml_collections.ConfigDict) -> dict:
     print(f"prompt length ({unit}): min {summary['length_min']}, "
           f"mean {summary['length_mean']:.0f}, max {summary['length_max']}")
     if tokenizer is None:
-        print("no config.tokenizer_path: lengths are in characters and max_prompt_length "
-              "(tokens) is not applied")
+        print("no tokenizer (config.preview.tokenizer_path, or a model_path folder): lengths "
+              "are in characters and the prompt token budget is not applied")
     else:
-        print(f"skipped over max_prompt_length={config.max_prompt_length}: "
-              f"{len(skipped)} {skipped}")
+        print(f"skipped over the prompt budget (max_seq_length - max_completion_length = "
+              f"{budget} tokens): {len(skipped)} {skipped}")
     return summary
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(config: ml_collections.ConfigDict):
+    """The preview's tokenizer, else the policy's when model_path is a folder, else None."""
+    path = config.preview.tokenizer_path
+    if not path and config.model_path and config.model_path != "toy":
+        path = config.model_path
     if not path:
         return None
     import transformers  # heavy; only when a tokenizer is asked for

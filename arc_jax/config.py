@@ -1,0 +1,118 @@
+"""Every field the launch modes read, with defaults; config files start here and override.
+
+Names follow TRL's `GRPOConfig` where the concept is the same (learning_rate, num_generations,
+generation_batch_size, gradient_accumulation_steps, max_completion_length, beta, loss_type,
+scale_rewards, mask_truncated_completions, epsilon, epsilon_high, num_iterations, temperature,
+top_p, top_k, min_p, repetition_penalty, max_grad_norm, warmup_ratio, lr_scheduler_type,
+logging_steps, save_steps, seed), and so do their defaults, except where noted.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.mode = "train"  # "train", "dry_run" (data + prompts only) or "eval"
+    config.seed = 0
+    config.workdir = "workdir/run"
+    config.dry_run = False  # train mode: print the step plan and a prompt preview, then stop
+
+    # Policy and data.
+    config.model_path = ""  # a Hugging Face Llama folder, or "toy" for the demo's toy policy
+    config.dtype = "bfloat16"  # of the frozen base weights: "bfloat16" or "float32"
+    config.dataset = "arc-agi-1/training"  # see arc_jax.data.load_tasks
+    config.task_filter = ""  # "" (all tasks) or "toy_solvable" (the demo's tasks)
+    config.max_tasks = 0  # > 0: keep only the first max_tasks task ids
+
+    config.prompt = ml_collections.ConfigDict()
+    config.prompt.style = "barc"  # "barc" (the training format) or "arc25"
+    config.prompt.prefill_assistant = False  # end the prompt with the assistant prefix
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.enabled = True
+    config.augment.change_background_probability = 0.1
+
+    config.max_seq_length = 9700  # prompt + completion; longer prompts are skipped and counted
+    config.max_completion_length = 1024
+
+    # LoRA (every target module, as in the reference runs).
+    config.lora = ml_collections.ConfigDict()
+    config.lora.rank = 32
+    config.lora.alpha = 64.0
+    config.lora.use_rslora = True
+    config.lora.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                  "up_proj", "down_proj")
+
+    # GRPO batch: generation_batch_size completions per step, in groups of num_generations.
+    config.num_generations = 8
+    config.generation_batch_size = 8
+    config.gradient_accumulation_steps = 1  # micro-batches per update (exact for every loss)
+    config.num_train_epochs = 1.0
+    config.max_steps = 0  # > 0 overrides num_train_epochs
+    config.num_iterations = 1
+
+    # Loss (TRL's defaults).
+    config.loss_type = "dapo"
+    config.beta = 0.0
+    config.epsilon = 0.2
+    config.epsilon_high = ml_collections.config_dict.placeholder(float)
+    config.scale_rewards = "group"
+    config.mask_truncated_completions = False
+    config.importance_sampling_correction = False
+
+    # Optimiser (AdamW).
+    config.learning_rate = 1e-6
+    config.lr_scheduler_type = "constant_with_warmup"
+    config.warmup_ratio = 0.0
+    config.weight_decay = 0.0
+    config.max_grad_norm = 1.0
+
+    # Sampling.
+    config.temperature = 1.0
+    config.top_p = 1.0
+    config.top_k = 0
+    config.min_p = 0.0
+    config.repetition_penalty = 1.0
+    config.sampler = ml_collections.ConfigDict()
+    config.sampler.max_prompts_per_batch = 8
+
+    # Rewards and program execution.
+    config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score" or "arc-v0"
+    config.execution = ml_collections.ConfigDict()
+    config.execution.timeout_s = 1.0
+    config.execution.memory_limit_mb = 4096
+    config.execution.num_workers = 0  # 0: one per CPU core
+    config.execution.common_path = ""  # "": the project's DSL; else an upstream common.py
+
+    # Mesh over all devices; one axis may be -1 (the rest).
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.mesh.tensor = 1
+
+    # Logging, checkpoints, collapse guard.
+    config.logging_steps = 1
+    config.save_steps = 100
+    config.max_to_keep = 3
+    config.tensorboard = True
+    config.wandb_project = ""
+
+    config.collapse = ml_collections.ConfigDict()
+    config.collapse.enabled = True
+    config.collapse.truncated_ratio_threshold = 0.5
+    config.collapse.repetition_threshold = 0.5
+    config.collapse.patience = 3
+    config.collapse.action = "warn"  # or "rollback"
+    config.collapse.rollback_lr_factor = 0.5
+    config.collapse.max_rollbacks = 2
+
+    # Solve rates before and after training, on the training tasks (0 samples: skip).
+    config.eval = ml_collections.ConfigDict()
+    config.eval.num_samples = 0
+
+    # dry_run: how many prompts to render and show.
+    config.preview = ml_collections.ConfigDict()
+    config.preview.num_tasks = 16
+    config.preview.show_prompts = 1
+    config.preview.tokenizer_path = ""  # "": the policy's tokenizer when model_path is a folder
+    return config

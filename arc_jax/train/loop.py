@@ -1,0 +1,523 @@
+"""The GRPO training loop: `python -m arc_jax.launch --config=...` with `config.mode = "train"`.
+
+One step, as data (see the README's architecture section):
+
+    TaskStream draws (augmented tasks) -> prompts (token ids) -> RolloutEngine.generate(n=G)
+    -> execution pool + reward scheme -> group advantages -> GRPOUpdater.step (jit, mesh)
+    -> new LoRA weights to the sampler -> metrics.jsonl / TensorBoard, checkpoints
+
+Scoring overlaps sampling: the programs of one chunk of prompts run in the execution pool's
+processes while the sampler works on the next chunk.
+
+Every random choice is a pure function of (config.seed, step or draw index), and the only other
+state (LoRA weights, optimiser state, stream position, collapse guard) is checkpointed, so a
+killed run resumed from its checkpoint repeats exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from arc_jax import data
+from arc_jax import prompts
+from arc_jax import rewards
+from arc_jax.execution import ExecutionConfig, ExecutionPool
+from arc_jax.model import LoraConfig, LoraParam, from_pretrained
+from arc_jax.rollout import Completion, JaxSampler, RolloutEngine, SamplerConfig, SamplingParams
+from arc_jax.train import grpo
+from arc_jax.train import report
+from arc_jax.train.checkpoint import Checkpointer
+from arc_jax.train.collapse import CollapseConfig, CollapseGuard
+from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
+from arc_jax.train.optim import OptimizerConfig
+from arc_jax.train.task_stream import Draw, TaskStream
+from arc_jax.train.update import GroupBatch, GRPOUpdater
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
+    return grpo.GRPOLossConfig(
+        loss_type=config.loss_type,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        scale_rewards=config.scale_rewards,
+        mask_truncated_completions=config.mask_truncated_completions,
+        max_completion_length=config.max_completion_length,
+        importance_sampling_correction=config.importance_sampling_correction,
+    )
+
+
+def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
+                     lr_scale: float = 1.0) -> OptimizerConfig:
+    return OptimizerConfig(
+        learning_rate=config.learning_rate * lr_scale,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_ratio=config.warmup_ratio,
+        total_steps=total_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+    )
+
+
+def sampling_params(config: ml_collections.ConfigDict, tokenizer, seed: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        min_p=config.min_p,
+        repetition_penalty=config.repetition_penalty,
+        max_new_tokens=config.max_completion_length,
+        stop_token_ids=stop_token_ids(tokenizer),
+        seed=seed,
+    )
+
+
+def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """<|eot_id|> (the end of the model's answer) and <|end_of_text|>, where the vocabulary has them."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_of_text|>")]
+    ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+    if not ids:
+        raise ValueError("the tokenizer has neither <|eot_id|> nor <|end_of_text|> to stop on")
+    return tuple(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How many prompts and updates a run makes (printed at start, and by `--config.dry_run`)."""
+
+    num_tasks: int
+    prompts_per_step: int
+    num_generations: int
+    total_steps: int
+    micro_batches: int
+    max_prompt_length: int
+
+    def describe(self) -> str:
+        return (f"{self.total_steps} steps x {self.prompts_per_step} prompts x "
+                f"{self.num_generations} completions ({self.micro_batches} micro-batches per "
+                f"update) over {self.num_tasks} tasks; prompts over {self.max_prompt_length} "
+                "tokens are skipped")
+
+
+def step_plan(config: ml_collections.ConfigDict, num_tasks: int) -> StepPlan:
+    """TRL's batch arithmetic: generation_batch_size completions per step, in groups of G."""
+    size, group = config.generation_batch_size, config.num_generations
+    if size % group:
+        raise ValueError(f"config.generation_batch_size={size} must be a multiple of "
+                         f"config.num_generations={group}")
+    prompts_per_step = size // group
+    if config.max_steps > 0:
+        total = config.max_steps
+    else:
+        total = math.ceil(config.num_train_epochs * num_tasks / prompts_per_step)
+    max_prompt = config.max_seq_length - config.max_completion_length
+    if max_prompt <= 0:
+        raise ValueError(f"config.max_seq_length={config.max_seq_length} leaves no room for "
+                         f"prompts after max_completion_length={config.max_completion_length}")
+    return StepPlan(num_tasks, prompts_per_step, group, total,
+                    config.gradient_accumulation_steps, max_prompt)
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
+    shape = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+    devices = jax.device_count()
+    if shape.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {shape}")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = devices // known
+    if math.prod(shape) != devices:
+        raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
+                         f"{math.prod(shape)} devices, found {devices}")
+    return jax.make_mesh(tuple(shape), ("data", "fsdp", "tensor"))
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+def resolve_model_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
+    """config.model_path, or the cached toy policy (built on first use) for "toy"."""
+    if config.model_path != "toy":
+        path = pathlib.Path(config.model_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"config.model_path={config.model_path!r}: no config.json "
+                                    "there; expected a Hugging Face checkpoint folder")
+        return str(path)
+    from arc_jax import toy  # only the demo needs it
+
+    toy_config = toy.ToyPolicyConfig(**_toy_settings(config.toy))
+    return str(toy.build_toy_policy(workdir / "toy_policy", toy_config, seed=config.seed))
+
+
+def _toy_settings(toy_config: ml_collections.ConfigDict) -> dict:
+    from arc_jax import toy
+
+    settings = dict(toy_config.to_dict())
+    sft = settings.pop("sft", {})
+    return dict(settings, sft=dataclasses.replace(toy.ToyPolicyConfig().sft, **sft))
+
+
+def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data.Task]:
+    tasks = data.load_tasks(config.dataset)
+    if config.task_filter == "toy_solvable":
+        from arc_jax import toy
+
+        tasks = toy.demo_tasks(tasks, tokenizer, max_prompt_tokens=config.max_seq_length
+                               - config.max_completion_length)
+    elif config.task_filter:
+        raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")
+    if config.max_tasks > 0:
+        tasks = dict(sorted(tasks.items())[: config.max_tasks])
+    if not tasks:
+        raise ValueError(f"no tasks left from {config.dataset} after task_filter="
+                         f"{config.task_filter!r}")
+    return tasks
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One prompt of a step with its G completions and their scored records."""
+
+    draw: Draw
+    prompt_ids: list[int]
+    completions: list[Completion]
+    records: list[rewards.CompletionRecord]
+
+
+class PromptMaker:
+    """Renders and encodes the prompt of a draw; skips (and counts) over-long ones."""
+
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer, max_prompt_length: int):
+        self._prompt_config = prompts.PromptConfig(
+            style=config.prompt.style, prefill_assistant=config.prompt.prefill_assistant)
+        self._tokenizer = tokenizer
+        self._seed = config.seed
+        self.max_prompt_length = max_prompt_length
+
+    def __call__(self, task: data.Task, seed: int) -> list[int]:
+        text = prompts.render_prompt(task, self._prompt_config, tokenizer=self._tokenizer,
+                                     seed=seed)
+        return prompts.encode_prompt(self._tokenizer, text)
+
+    def next_prompts(self, stream: TaskStream, count: int) -> tuple[list[Draw], list[list[int]], int]:
+        """`count` draws whose prompts fit, and how many draws were skipped on the way."""
+        draws, ids, skipped = [], [], 0
+        while len(draws) < count:
+            draw = stream.next()
+            prompt = self(draw.task, seed=self._seed * 1_000_003 + draw.index)
+            if len(prompt) > self.max_prompt_length:
+                skipped += 1
+                if skipped > len(stream):
+                    raise ValueError(f"every prompt is longer than max_prompt_length="
+                                     f"{self.max_prompt_length} tokens; raise max_seq_length")
+                continue
+            draws.append(draw)
+            ids.append(prompt)
+        return draws, ids, skipped
+
+
+def sample_and_score(engine: RolloutEngine, pool: ExecutionPool, draws: Sequence[Draw],
+                     prompt_ids: Sequence[list[int]], n: int, sampling: SamplingParams,
+                     scheme: str, chunk: int) -> tuple[list[Group], float, float]:
+    """Samples n completions per prompt and scores them; returns groups and the two timings.
+
+    The prompts go to the engine `chunk` at a time, and each chunk's programs are submitted to
+    the pool before the next chunk is sampled, so execution overlaps sampling.
+    """
+    pending, sampled, rollout_s = [], [], 0.0
+    for start in range(0, len(draws), chunk):
+        begin = time.perf_counter()
+        groups = engine.generate(prompt_ids[start:start + chunk], n, sampling)
+        rollout_s += time.perf_counter() - begin
+        for draw, completions in zip(draws[start:start + chunk], groups):
+            sampled.append(completions)
+            pending.append([rewards.submit_completion(pool, c.text, draw.task) for c in completions])
+    begin = time.perf_counter()
+    result = [Group(draw, list(ids), completions, [p.record(scheme) for p in group])
+              for draw, ids, completions, group in zip(draws, prompt_ids, sampled, pending)]
+    return result, rollout_s, time.perf_counter() - begin
+
+
+def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
+                loss: grpo.GRPOLossConfig, completion_length: int, prompt_bucket: int = 64
+                ) -> tuple[GroupBatch, dict]:
+    """The padded arrays of a step: prompts left-padded to a bucketed length, completions right-padded."""
+    num_prompts, group = len(groups), len(groups[0].completions)
+    rewards_ = np.array([[r.reward for r in g.records] for g in groups], np.float32)  # [P, G]
+    advantages, reward_stats = grpo.group_advantages(rewards_.reshape(-1), group,
+                                                     loss.scale_rewards)
+    longest = max(len(g.prompt_ids) for g in groups)
+    prompt_len = prompt_bucket * math.ceil(longest / prompt_bucket)
+    prompt_ids = np.full((num_prompts, prompt_len), pad_id, np.int32)
+    prompt_mask = np.zeros((num_prompts, prompt_len), np.float32)
+    completion_ids = np.full((num_prompts, group, completion_length), pad_id, np.int32)
+    sampler_logprobs = np.zeros((num_prompts, group, completion_length), np.float32)
+    truncated = np.zeros((num_prompts, group), bool)
+    for p, g in enumerate(groups):
+        prompt_ids[p, prompt_len - len(g.prompt_ids):] = g.prompt_ids
+        prompt_mask[p, prompt_len - len(g.prompt_ids):] = 1
+        for i, c in enumerate(g.completions):
+            completion_ids[p, i, :len(c.token_ids)] = c.token_ids
+            sampler_logprobs[p, i, :len(c.token_ids)] = c.temperature_logprobs
+            truncated[p, i] = c.truncated
+    mask, _ = grpo.completion_mask(
+        completion_ids.reshape(num_prompts * group, -1), tuple(eos_ids), pad_id,
+        mask_truncated=loss.mask_truncated_completions, truncated=truncated.reshape(-1))
+    batch = GroupBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+        completion_mask=np.asarray(mask).reshape(num_prompts, group, -1),
+        advantages=np.asarray(advantages).reshape(num_prompts, group),
+        old_logprobs=None,
+        sampler_logprobs=sampler_logprobs if loss.importance_sampling_correction else None)
+    return batch, {k: float(v) for k, v in reward_stats.items()}
+
+
+def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]:
+    """Reward, validity, length and repetition statistics of a step's completions."""
+    records = [r for g in groups for r in g.records]
+    completions = [c for g in groups for c in g.completions]
+    values = np.array([r.reward for r in records])
+    lengths = np.array([len(c.token_ids) for c in completions])
+    repetition = [grpo.repeated_ngram_fraction(list(c.token_ids), ngram) for c in completions]
+    return {
+        "reward/mean": float(values.mean()), "reward/std": float(values.std()),
+        "reward/min": float(values.min()), "reward/max": float(values.max()),
+        "solved_ratio": float(np.mean([solved(r) for r in records])),
+        "valid_code_ratio": float(np.mean([r.parsed for r in records])),
+        "valid_outputs_ratio": float(np.mean([r.valid for r in records])),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/max_length": float(lengths.max()),
+        "truncated_ratio": float(np.mean([c.truncated for c in completions])),
+        f"repetition/{ngram}gram": float(np.mean(repetition)),
+    }
+
+
+def solved(record: rewards.CompletionRecord) -> bool:
+    """Every train grid right, and every test grid right where the test outputs are known."""
+    return record.valid and record.train.is_correct and (record.test is None or record.test.is_correct)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptMaker,
+                tasks: Mapping[str, data.Task], n: int, sampling: SamplingParams, scheme: str,
+                chunk: int) -> dict:
+    """Samples n completions for each (unaugmented) task; returns the solve statistics."""
+    ids = sorted(tasks)
+    draws = [Draw(i, 0, tasks[task_id], data.Augmentation.identity()) for i, task_id in enumerate(ids)]
+    prompt_ids = [make_prompt(d.task, seed=d.index) for d in draws]
+    groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk)
+    per_task = {g.draw.task.id: float(np.mean([solved(r) for r in g.records])) for g in groups}
+    return {
+        "samples_per_task": n,
+        "sample_solve_rate": float(np.mean(list(per_task.values()))),
+        "tasks_solved": float(np.mean([rate > 0 for rate in per_task.values()])),
+        "valid_code_ratio": float(np.mean([r.parsed for g in groups for r in g.records])),
+        "per_task": per_task,
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(config: ml_collections.ConfigDict) -> dict:
+    """Trains; returns the final summary (also written to workdir/summary.json)."""
+    workdir = pathlib.Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config)
+    model_path = resolve_model_path(config, workdir)
+
+    import transformers  # heavy; only when training
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    tasks = select_tasks(config, tokenizer)
+    plan = step_plan(config, len(tasks))
+    logging.info("step plan: %s", plan.describe())
+    print(f"step plan: {plan.describe()}")
+    if config.dry_run:
+        return {"plan": dataclasses.asdict(plan)}
+
+    lora = LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                      use_rslora=config.lora.use_rslora,
+                      target_modules=tuple(config.lora.target_modules))
+    model = from_pretrained(model_path, dtype=_dtype(config.dtype), lora=lora, mesh=mesh,
+                            seed=config.seed)
+    execution = ExecutionConfig(num_workers=config.execution.num_workers,
+                                timeout_s=config.execution.timeout_s,
+                                memory_limit_mb=config.execution.memory_limit_mb,
+                                common_path=config.execution.common_path or None)
+    with ExecutionPool(execution) as pool, \
+            Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
+            MetricsLogger(workdir, tensorboard=config.tensorboard,
+                          wandb_project=config.wandb_project or None,
+                          config=config.to_dict()) as logger:
+        trainer = _Trainer(config, plan, model, tokenizer, tasks, pool, checkpointer, logger, mesh)
+        return trainer.run()
+
+
+def _dtype(name: str):
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+class _Trainer:
+    """The state of one run and its steps; `run()` trains, evaluates and reports."""
+
+    def __init__(self, config, plan: StepPlan, model, tokenizer, tasks, pool, checkpointer,
+                 logger, mesh):
+        self.config, self.plan, self.model, self.tokenizer = config, plan, model, tokenizer
+        self.tasks, self.pool, self.checkpointer, self.logger = tasks, pool, checkpointer, logger
+        self.mesh = mesh
+        self.workdir = pathlib.Path(config.workdir)
+        self.loss = loss_config(config)
+        self.sampler = JaxSampler(model, tokenizer, SamplerConfig(
+            max_prompts_per_batch=config.sampler.max_prompts_per_batch, seed=config.seed))
+        self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
+        self.stream = TaskStream(tasks, seed=config.seed, augment=config.augment.enabled,
+                                 change_background_probability=config.augment.change_background_probability)
+        self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
+        self.eos_ids = stop_token_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.lr_scale = 1.0
+        self.updater = self._make_updater()
+        self.skipped_prompts = 0
+        self.skipped_updates = 0
+
+    def _make_updater(self) -> GRPOUpdater:
+        return GRPOUpdater(self.model, self.loss,
+                           optimizer_config(self.config, self.plan.total_steps, self.lr_scale),
+                           mesh=self.mesh, num_micro_batches=self.plan.micro_batches,
+                           temperature=self.config.temperature)
+
+    # --- checkpoints
+
+    def _meta(self) -> dict:
+        return {"stream_position": self.stream.position, "guard": self.guard.state_dict(),
+                "skipped_prompts": self.skipped_prompts, "skipped_updates": self.skipped_updates,
+                "lr_scale": self.lr_scale}
+
+    def _restore(self, step: int | None) -> int:
+        """Loads the checkpoint of `step` (latest if None); returns its step, 0 when there is none."""
+        if self.checkpointer.latest_step() is None:
+            return 0
+        arrays, meta = self.checkpointer.restore(step, abstract_arrays=self.updater.state())
+        self._set_lr_scale(meta["lr_scale"])
+        self.updater.load_state(arrays)
+        self.stream.position = meta["stream_position"]
+        self.guard.load_state_dict(meta["guard"])
+        self.skipped_prompts, self.skipped_updates = meta["skipped_prompts"], meta["skipped_updates"]
+        self.sampler.update_weights(nnx.state(self.model, LoraParam))
+        return meta["step"]
+
+    def _set_lr_scale(self, scale: float) -> None:
+        """A new learning rate needs a new compiled update; the optimiser state carries over."""
+        if scale != self.lr_scale:
+            state = self.updater.state()
+            self.lr_scale = scale
+            self.updater = self._make_updater()
+            self.updater.load_state(state)
+
+    # --- one step
+
+    def step(self, step: int) -> dict[str, float]:
+        config = self.config
+        draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
+        self.skipped_prompts += skipped
+        sampling = sampling_params(config, self.tokenizer, seed=config.seed * 1_000_003 + step)
+        groups, rollout_s, reward_s = sample_and_score(
+            self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
+            config.reward_name, config.sampler.max_prompts_per_batch)
+        begin = time.perf_counter()
+        batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
+                                          loss=self.loss, completion_length=config.max_completion_length)
+        if config.num_iterations > 1:
+            batch = batch._replace(old_logprobs=self.updater.logprobs(batch))
+        for _ in range(config.num_iterations):
+            update = self.updater.step(batch)
+            self.skipped_updates += int(update.get("skipped", 0))
+        self.sampler.update_weights(nnx.state(self.model, LoraParam))
+        update_s = time.perf_counter() - begin
+        tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+        return {**rollout_metrics(groups), **reward_stats, **update,
+                "skipped_prompts": float(self.skipped_prompts),
+                "skipped_updates": float(self.skipped_updates),
+                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
+                "tokens_per_s": tokens / max(rollout_s, 1e-9)}
+
+    def evaluate(self, name: str) -> dict:
+        """Solve rates of the current policy on the training tasks, cached in workdir/eval_<name>.json."""
+        path = self.workdir / f"eval_{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        sampling = sampling_params(self.config, self.tokenizer, seed=self.config.seed + 7)
+        result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
+                             self.config.eval.num_samples, sampling, self.config.reward_name,
+                             self.config.sampler.max_prompts_per_batch)
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+    # --- the run
+
+    def run(self) -> dict:
+        config = self.config
+        start = self._restore(None)
+        self.logger.truncate_after(start)
+        if start:
+            print(f"resumed from the checkpoint of step {start}")
+        before = self.evaluate("before") if config.eval.num_samples else None
+        progress = ProgressBar(self.plan.total_steps, initial_step=start)
+        step = start
+        while step < self.plan.total_steps:
+            step += 1
+            metrics = self.step(step)
+            if step % config.logging_steps == 0 or step == self.plan.total_steps:
+                self.logger.log(step, metrics)
+                verdict = self.guard.update(step, metrics)
+                if verdict.stop:
+                    logging.warning("collapse guard stopped the run at step %d", step)
+                    break
+                if verdict.rollback:
+                    step = self._roll_back(verdict)
+                    progress = ProgressBar(self.plan.total_steps, initial_step=step)
+                    continue
+            progress.update(step, metrics)
+            if step % config.save_steps == 0 or step == self.plan.total_steps:
+                self.checkpointer.save(step, self.updater.state(), self._meta())
+        progress.close()
+        self.checkpointer.wait()
+        after = self.evaluate("after") if config.eval.num_samples else None
+        summary = report.write_summary(self.workdir, before, after)
+        return summary
+
+    def _roll_back(self, verdict) -> int:
+        target = self.checkpointer.latest_step(at_most=verdict.rollback_to)
+        if target is None:
+            raise RuntimeError("collapse guard asked for a rollback but no checkpoint is old enough")
+        guard_state = self.guard.state_dict()  # the guard remembers the collapse, not the checkpoint
+        step = self._restore(target)
+        self.guard.load_state_dict(guard_state)
+        self._set_lr_scale(verdict.lr_scale)
+        self.checkpointer.delete_after(step)
+        self.logger.truncate_after(step)
+        logging.warning("collapse guard: rolled back to step %d, learning rate x%.3g", step, self.lr_scale)
+        return step

@@ -53,6 +53,8 @@ def resolve_mode(mode: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+        logging.set_verbosity(logging.WARNING)  # libraries (Orbax) log every save at INFO
     config = _CONFIG.value
     logging.info("config:\n%s", config)
     run = resolve_mode(config.mode)

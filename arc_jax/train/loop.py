@@ -140,11 +140,15 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
         raise ValueError(f"config.mesh: at most one axis may be -1, got {shape}")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
+        if devices % known:
+            raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor): {devices} "
+                             f"devices do not split into axes of {known} and the rest")
         shape[shape.index(-1)] = devices // known
     if math.prod(shape) != devices:
         raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
                          f"{math.prod(shape)} devices, found {devices}")
-    return jax.make_mesh(tuple(shape), ("data", "fsdp", "tensor"))
+    # A plain Mesh: its axes are "auto", so XLA places what the model's annotations leave open.
+    return jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), ("data", "fsdp", "tensor"))
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -154,22 +158,24 @@ def resolve_model_path(config: ml_collections.ConfigDict, workdir: pathlib.Path)
     """config.model_path, or the cached toy policy (built on first use) for "toy"."""
     if config.model_path != "toy":
         path = pathlib.Path(config.model_path)
-        if not (path / "config.json").is_file():
+        if not config.model_path or not (path / "config.json").is_file():
             raise FileNotFoundError(f"config.model_path={config.model_path!r}: no config.json "
                                     "there; expected a Hugging Face checkpoint folder")
         return str(path)
     from arc_jax import toy  # only the demo needs it
 
-    toy_config = toy.ToyPolicyConfig(**_toy_settings(config.toy))
-    return str(toy.build_toy_policy(workdir / "toy_policy", toy_config, seed=config.seed))
+    return toy.build_toy_policy(workdir / "toy_policy", toy_policy_config(config), seed=config.seed)
 
 
-def _toy_settings(toy_config: ml_collections.ConfigDict) -> dict:
+def toy_policy_config(config: ml_collections.ConfigDict):
+    """The demo's `ToyPolicyConfig`: its defaults with the knobs that `config.toy` exposes."""
     from arc_jax import toy
 
-    settings = dict(toy_config.to_dict())
-    sft = settings.pop("sft", {})
-    return dict(settings, sft=dataclasses.replace(toy.ToyPolicyConfig().sft, **sft))
+    base = toy.ToyPolicyConfig()
+    return dataclasses.replace(
+        base, num_synthetic_tasks=config.toy.num_synthetic_tasks,
+        max_prompt_tokens=config.max_seq_length - config.max_completion_length,
+        sft=dataclasses.replace(base.sft, steps=config.toy.sft_steps))
 
 
 def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data.Task]:
@@ -177,8 +183,7 @@ def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data
     if config.task_filter == "toy_solvable":
         from arc_jax import toy
 
-        tasks = toy.demo_tasks(tasks, tokenizer, max_prompt_tokens=config.max_seq_length
-                               - config.max_completion_length)
+        tasks = toy.demo_tasks(tasks, tokenizer, toy_policy_config(config))
     elif config.task_filter:
         raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")
     if config.max_tasks > 0:
@@ -340,7 +345,13 @@ def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptM
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-    """Trains; returns the final summary (also written to workdir/summary.json)."""
+    """Trains; returns the final summary (also written to workdir/summary.json).
+
+    With `config.dry_run`, prints the step plan and a prompt preview and stops before loading
+    the model.
+    """
+    if config.dry_run:
+        return _dry_run(config)
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config)
@@ -351,11 +362,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     tasks = select_tasks(config, tokenizer)
     plan = step_plan(config, len(tasks))
-    logging.info("step plan: %s", plan.describe())
     print(f"step plan: {plan.describe()}")
-    if config.dry_run:
-        return {"plan": dataclasses.asdict(plan)}
-
     lora = LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
                       use_rslora=config.lora.use_rslora,
                       target_modules=tuple(config.lora.target_modules))
@@ -372,6 +379,17 @@ def run(config: ml_collections.ConfigDict) -> dict:
                           config=config.to_dict()) as logger:
         trainer = _Trainer(config, plan, model, tokenizer, tasks, pool, checkpointer, logger, mesh)
         return trainer.run()
+
+
+def _dry_run(config: ml_collections.ConfigDict) -> dict:
+    """The step plan over the dataset (before any task filter that needs the policy), and a
+    preview of the prompts (`arc_jax.dry_run`)."""
+    from arc_jax import dry_run
+
+    plan = step_plan(config, len(data.load_tasks(config.dataset)))
+    summary = dry_run.run(config)
+    print(f"step plan: {plan.describe()}")
+    return {"plan": dataclasses.asdict(plan), "preview": summary}
 
 
 def _dtype(name: str):

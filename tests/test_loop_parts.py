@@ -1,0 +1,92 @@
+"""Pieces of the GRPO loop that need no model: batch assembly, metrics, the step plan."""
+
+import numpy as np
+import pytest
+
+from arc_jax.config import default_config
+from arc_jax.rollout import Completion
+from arc_jax.train import grpo
+from arc_jax.train import loop
+
+PAD, EOT = 0, 9
+
+
+class _Record:
+    def __init__(self, reward, parsed=True, valid=True, solved=False):
+        self.reward, self.parsed, self.valid = reward, parsed, valid
+        self.train = type("Grade", (), {"is_correct": solved})()
+        self.test = None
+
+
+def _completion(tokens, finished=True):
+    return Completion(tuple(tokens), (-0.5,) * len(tokens), (-0.25,) * len(tokens),
+                      "stop" if finished else "length")
+
+
+def _groups():
+    return [
+        loop.Group(None, [1, 2, 3], [_completion([5, EOT]), _completion([6, 7, 8], finished=False)],
+                   [_Record(10.0, solved=True), _Record(0.0, valid=False)]),
+        loop.Group(None, [1, 2], [_completion([4, 4, EOT]), _completion([EOT])],
+                   [_Record(2.0), _Record(2.0)]),
+    ]
+
+
+def test_group_batch_pads_masks_and_centres_rewards():
+    loss = grpo.GRPOLossConfig(scale_rewards="none", mask_truncated_completions=True)
+    batch, stats = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
+                                    completion_length=4, prompt_bucket=4)
+    np.testing.assert_array_equal(batch.prompt_ids, [[PAD, 1, 2, 3], [PAD, PAD, 1, 2]])
+    np.testing.assert_array_equal(batch.prompt_mask, [[0, 1, 1, 1], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(batch.completion_ids[0], [[5, EOT, PAD, PAD], [6, 7, 8, PAD]])
+    # Up to and including the first EOT; the truncated completion is masked out entirely.
+    np.testing.assert_array_equal(batch.completion_mask[0], [[1, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.completion_mask[1], [[1, 1, 1, 0], [1, 0, 0, 0]])
+    # Rewards (10, 0) and (2, 2), centred by group means 5 and 2.
+    np.testing.assert_allclose(batch.advantages, [[5.0, -5.0], [0.0, 0.0]])
+    assert stats["frac_reward_zero_std"] == 0.5
+    assert batch.old_logprobs is None and batch.sampler_logprobs is None
+
+
+def test_group_batch_carries_sampler_logprobs_for_importance_sampling():
+    loss = grpo.GRPOLossConfig(importance_sampling_correction=True)
+    batch, _ = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
+                                completion_length=4, prompt_bucket=4)
+    np.testing.assert_array_equal(batch.sampler_logprobs[1, 0], [-0.25, -0.25, -0.25, 0.0])
+
+
+def test_rollout_metrics_by_hand():
+    metrics = loop.rollout_metrics(_groups())
+    assert metrics["reward/mean"] == pytest.approx(14.0 / 4)
+    assert metrics["reward/min"] == 0.0 and metrics["reward/max"] == 10.0
+    assert metrics["solved_ratio"] == pytest.approx(0.25)
+    assert metrics["valid_outputs_ratio"] == pytest.approx(0.75)
+    assert metrics["truncated_ratio"] == pytest.approx(0.25)
+    assert metrics["completions/mean_length"] == pytest.approx((2 + 3 + 3 + 1) / 4)
+    assert metrics["completions/max_length"] == 3
+
+
+def test_step_plan_follows_trl_batch_arithmetic():
+    config = default_config()
+    config.num_generations, config.generation_batch_size = 8, 32
+    config.num_train_epochs = 2.0
+    plan = loop.step_plan(config, num_tasks=10)
+    assert (plan.prompts_per_step, plan.total_steps) == (4, 5)  # ceil(2 * 10 / 4)
+    assert plan.max_prompt_length == 9700 - 1024
+    config.max_steps = 7
+    assert loop.step_plan(config, 10).total_steps == 7
+    config.generation_batch_size = 12
+    with pytest.raises(ValueError, match="generation_batch_size=12 must be a multiple of "
+                                         "config.num_generations=8"):
+        loop.step_plan(config, 10)
+
+
+def test_mesh_shape_is_checked():
+    config = default_config()
+    assert loop.make_mesh(config).shape == {"data": 1, "fsdp": 1, "tensor": 1}
+    config.mesh.data = 2
+    with pytest.raises(ValueError, match=r"1 devices do not split into axes of 2"):
+        loop.make_mesh(config)
+    config.mesh.fsdp = 1
+    with pytest.raises(ValueError, match=r"needs 2 devices, found 1"):
+        loop.make_mesh(config)

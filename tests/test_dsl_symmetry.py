@@ -1,7 +1,6 @@
 """Symmetry classes, `orbit` and the symmetry detectors of the `common` DSL."""
 
 import numpy as np
-import pytest
 
 from arc_jax.dsl import common
 

@@ -6,7 +6,6 @@ machine if the sandbox failed are sent as signal 0 (a permission check only)
 wherever that proves the same thing.
 """
 
-import os
 import pathlib
 import textwrap
 

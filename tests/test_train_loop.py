@@ -5,7 +5,6 @@ All runs share one toy policy, built once (about three minutes on two cores) by 
 run and copied into the others' workdirs, where the cache picks it up.
 """
 
-import json
 import os
 import pathlib
 import shutil

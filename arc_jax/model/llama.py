@@ -79,6 +79,34 @@ def cached_mask(valid: jax.Array, end: jax.Array, num_queries: int) -> jax.Array
     return valid[:, None, None, :] & causal[None, None]
 
 
+def shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
+                            prefix_valid: jax.Array, own_k: jax.Array, own_v: jax.Array,
+                            own_mask: jax.Array) -> jax.Array:
+    """Queries of G sequences over one shared prefix's keys and their own keys, in one softmax.
+
+    q [P, G, Q, N, H]; prefix_k, prefix_v [P, S, K, H]; prefix_valid [P, S] bool;
+    own_k, own_v [P, G, T, K, H]; own_mask [Q, T] bool (the own keys each query may see)
+    -> [P, G, Q, N, H]. The prefix's keys are read by all G sequences without being copied:
+    the sampler decodes G samples against one prompt cache (Q = 1), the trainer runs G
+    completions against one prompt forward (Q = T, causal own_mask). A fused GPU kernel would
+    do the same as a split-KV (cascade) attention over the two key sets.
+    """
+    p, g, nq, n, h = q.shape
+    s, k = prefix_k.shape[1], prefix_k.shape[2]
+    q = q.reshape(p, g, nq, k, n // k, h) * jnp.asarray(h ** -0.5, q.dtype)
+    f32 = jnp.float32
+    prefix_scores = jnp.einsum("pgqkrh,pskh->pgkrqs", q, prefix_k, preferred_element_type=f32)
+    own_scores = jnp.einsum("pgqkrh,pgtkh->pgkrqt", q, own_k, preferred_element_type=f32)
+    never = jnp.finfo(f32).min
+    prefix_scores = jnp.where(prefix_valid[:, None, None, None, None, :], prefix_scores, never)
+    own_scores = jnp.where(own_mask, own_scores, never)
+    weights = jax.nn.softmax(jnp.concatenate([prefix_scores, own_scores], axis=-1), axis=-1)
+    weights = weights.astype(prefix_v.dtype)                                   # [P,G,K,r,Q,S+T]
+    out = (jnp.einsum("pgkrqs,pskh->pgqkrh", weights[..., :s], prefix_v, preferred_element_type=f32)
+           + jnp.einsum("pgkrqt,pgtkh->pgqkrh", weights[..., s:], own_v, preferred_element_type=f32))
+    return out.reshape(p, g, nq, n, h).astype(q.dtype)
+
+
 # ----------------------------------------------------------------------------- KV cache
 
 

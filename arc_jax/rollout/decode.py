@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from arc_jax.model.llama import KVCache, Llama
+from arc_jax.model.llama import KVCache, Llama, shared_prefix_attention
 from arc_jax.model.sharding import constrain
 from arc_jax.rollout.interface import SamplingParams
 from arc_jax.rollout.sampling import choose_tokens, process_logits, token_logprobs
@@ -82,32 +82,6 @@ def empty_completion_cache(model: Llama, prompts: int, n: int, max_new_tokens: i
     return CompletionCache(k=tuple(zeros() for _ in layers), v=tuple(zeros() for _ in layers))
 
 
-def shared_prefix_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array,
-                            prompt_valid: jax.Array, own_k: jax.Array, own_v: jax.Array,
-                            own_valid: jax.Array) -> jax.Array:
-    """One query per sample over its prompt's keys and its own completion keys.
-
-    q [P, n, N, H]; prompt_k, prompt_v [P, S, K, H]; prompt_valid [P, S];
-    own_k, own_v [P, n, T, K, H]; own_valid [T] -> attended [P, n, N, H].
-
-    A plain einsum formulation: the two score blocks share one softmax, so the prompt keys
-    are never copied per sample. (A fused GPU kernel would do the same with a split-KV /
-    cascade attention over the two caches.)
-    """
-    p, n, heads, h = q.shape
-    kv_heads = prompt_k.shape[2]
-    q = q.reshape(p, n, kv_heads, heads // kv_heads, h).astype(jnp.float32) * h ** -0.5
-    prompt_scores = jnp.einsum("pnkgh,pskh->pnkgs", q, prompt_k.astype(jnp.float32))
-    own_scores = jnp.einsum("pnkgh,pntkh->pnkgt", q, own_k.astype(jnp.float32))
-    prompt_scores = jnp.where(prompt_valid[:, None, None, None, :], prompt_scores, -jnp.inf)
-    own_scores = jnp.where(own_valid, own_scores, -jnp.inf)
-    weights = jax.nn.softmax(jnp.concatenate([prompt_scores, own_scores], axis=-1), axis=-1)
-    s = prompt_k.shape[1]
-    out = (jnp.einsum("pnkgs,pskh->pnkgh", weights[..., :s], prompt_v.astype(jnp.float32))
-           + jnp.einsum("pnkgt,pntkh->pnkgh", weights[..., s:], own_v.astype(jnp.float32)))
-    return out.reshape(p, n, heads, h).astype(prompt_v.dtype)
-
-
 def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: PromptCache,
                 own: CompletionCache) -> tuple[jax.Array, CompletionCache]:
     """Feeds the step-th generated tokens [P, n]; returns next-token logits [P * n, V] and the
@@ -124,9 +98,10 @@ def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: Prompt
             own.k[i], k.reshape(p, n, 1, *k.shape[2:]).astype(own.k[i].dtype), (0, 0, step, 0, 0))
         own_v = jax.lax.dynamic_update_slice(
             own.v[i], v.reshape(p, n, 1, *v.shape[2:]).astype(own.v[i].dtype), (0, 0, step, 0, 0))
-        attended = shared_prefix_attention(q.reshape(p, n, *q.shape[2:]), prompt.k[i],
-                                           prompt.v[i], prompt.valid, own_k, own_v, own_valid)
-        x = x + attn.output(attended.reshape(p * n, 1, *attended.shape[2:]))
+        attended = shared_prefix_attention(q.reshape(p, n, 1, *q.shape[2:]), prompt.k[i],
+                                           prompt.v[i], prompt.valid, own_k, own_v,
+                                           own_valid[None, :])  # [P, n, 1, N, H]
+        x = x + attn.output(attended.reshape(p * n, 1, *attended.shape[3:]))
         x = x + block.mlp(block.post_attention_layernorm(x))
         x = constrain(x, model.sharding, ("batch", "act_seq", "act_embed"))
         new_k.append(own_k)

@@ -19,7 +19,7 @@ same buffers) are deleted by it: take them again from the model after each step.
 
 Shared-prompt forward. The G completions of a group share their prompt, so the prompt runs
 through the model once per group, and each completion token attends, under one softmax, to its
-prompt's keys and values and to its own earlier tokens (`shared_prompt_attention`). Gradients
+prompt's keys and values and to its own earlier tokens (`shared_prefix_attention`). Gradients
 flow back through the prompt's keys and values into the prompt computation. Per group this
 processes S + G*T tokens instead of the naive G*(S + T): (G-1)/G less prompt work, with the same
 loss and gradients. Prompts may be padded on either side (prompt_mask marks real tokens);
@@ -55,7 +55,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from arc_jax.model.llama import Llama, positions_from_mask, prefill_mask
+from arc_jax.model.llama import Llama, positions_from_mask, prefill_mask, shared_prefix_attention
 from arc_jax.model.lora import LoraParam
 from arc_jax.model.sharding import Sharding, constrain, state_shardings
 from arc_jax.train import grpo
@@ -94,34 +94,6 @@ class GroupBatch(NamedTuple):
 # ------------------------------------------------------------------------- shared-prompt model
 
 
-def shared_prompt_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array,
-                            prompt_valid: jax.Array, own_k: jax.Array,
-                            own_v: jax.Array) -> jax.Array:
-    """Completion queries over [their prompt's keys ; their own keys up to themselves].
-
-    q [P, G, T, N, H]; prompt_k, prompt_v [P, S, K, H]; prompt_valid [P, S] bool;
-    own_k, own_v [P, G, T, K, H] -> [P, G, T, N, H]. Query t of completion (p, g) sees prompt
-    p's valid keys and keys 0..t of (p, g); both score blocks share one softmax, and the prompt's
-    keys are read by all G completions without being copied.
-    """
-    p, g, t, n, h = q.shape
-    s, k = prompt_k.shape[1], prompt_k.shape[2]
-    q = q.reshape(p, g, t, k, n // k, h) * jnp.asarray(h ** -0.5, q.dtype)
-    f32 = jnp.float32
-    prompt_scores = jnp.einsum("pgtkrh,pskh->pgkrts", q, prompt_k, preferred_element_type=f32)
-    own_scores = jnp.einsum("pgtkrh,pgukh->pgkrtu", q, own_k, preferred_element_type=f32)
-    never = jnp.finfo(f32).min
-    prompt_scores = jnp.where(prompt_valid[:, None, None, None, None, :], prompt_scores, never)
-    causal = jnp.tril(jnp.ones((t, t), bool))                                  # [T, T]
-    own_scores = jnp.where(causal, own_scores, never)
-    weights = jax.nn.softmax(jnp.concatenate([prompt_scores, own_scores], axis=-1), axis=-1)
-    weights = weights.astype(prompt_v.dtype)                                   # [P,G,K,r,T,S+T]
-    out = (jnp.einsum("pgkrts,pskh->pgtkrh", weights[..., :s], prompt_v, preferred_element_type=f32)
-           + jnp.einsum("pgkrtu,pgukh->pgtkrh", weights[..., s:], own_v,
-                        preferred_element_type=f32))
-    return out.reshape(p, g, t, n, h).astype(q.dtype)
-
-
 def _shared_block(block, prompt_x, own_x, prompt_positions, prompt_valid, own_positions,
                   adapters):
     """One decoder block on the prompt stream [P, S, D] and the completion stream [P*G, T, D]."""
@@ -132,7 +104,9 @@ def _shared_block(block, prompt_x, own_x, prompt_positions, prompt_valid, own_po
     qc, kc, vc = attn.qkv(block.input_layernorm(own_x), own_positions, adapters)
     prompt_out = attn.attend(qp, kp, vp, prefill_mask(prompt_valid), is_causal=True)
     groups = lambda x: x.reshape(p, pg // p, t, *x.shape[2:])                   # [P, G, T, ., H]
-    own_out = shared_prompt_attention(groups(qc), kp, vp, prompt_valid, groups(kc), groups(vc))
+    causal = jnp.tril(jnp.ones((t, t), bool))                                  # [T, T]
+    own_out = shared_prefix_attention(groups(qc), kp, vp, prompt_valid, groups(kc), groups(vc),
+                                      causal)
     prompt_x = prompt_x + attn.output(prompt_out, adapters)
     own_x = own_x + attn.output(own_out.reshape(pg, t, *own_out.shape[3:]), adapters)
     prompt_x = prompt_x + block.mlp(block.post_attention_layernorm(prompt_x), adapters)

@@ -60,6 +60,7 @@ ASSISTANT_PREFIX = (
 # Llama-3.1 chat layout, as rendered by the stock template with its default date.
 BOS = "<|begin_of_text|>"
 EOT = "<|eot_id|>"
+END_OF_TEXT = "<|end_of_text|>"
 SYSTEM_HEADER_DATES = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
 
 STYLES = ("barc", "arc25")
@@ -311,6 +312,16 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
                 f"found it at positions {positions[:10]}; render the prompt with render_prompt "
                 "and do not prepend another BOS"
             )
+    return ids
+
+
+def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids that end a completion: <|eot_id|> (the end of the answer), then <|end_of_text|>,
+    those of the two that the tokenizer's vocabulary has."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in (EOT, END_OF_TEXT)]
+    ids = tuple(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+    if not ids:
+        raise ValueError(f"the tokenizer has neither {EOT} nor {END_OF_TEXT} to stop on")
     return ids
 
 

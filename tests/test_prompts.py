@@ -457,3 +457,8 @@ def test_extract_code_plain_fence_is_not_accepted():
 
 def test_extract_code_empty_block():
     assert prompts.extract_code("```python\n\n```") is None
+
+
+def test_stop_token_ids_of_the_llama3_tokenizer(tokenizer):
+    # <|eot_id|> = 128009 ends the answer; <|end_of_text|> = 128001 (reference §1.5).
+    assert prompts.stop_token_ids(tokenizer) == (128009, 128001)

@@ -24,7 +24,7 @@ from arc_jax.model import Llama, LlamaConfig, Numerics, from_pretrained
 from arc_jax.toy import MARKER_FILE, ToyPolicyConfig, build_toy_policy, demo_tasks, read_build_info
 from arc_jax.toy.sft import Example, SftConfig, completion_loss, make_example, pad_batch, train
 from arc_jax.toy.synthetic import synthetic_tasks
-from arc_jax.toy.tokenizer import stop_token_ids
+from arc_jax.prompts import stop_token_ids
 
 TINY = ToyPolicyConfig(
     hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,

@@ -7,7 +7,8 @@ from arc_jax import prompts
 from arc_jax.toy.programs import COLOR_CONSTANTS
 from arc_jax.toy.sft import completion_text
 from arc_jax.toy.synthetic import synthetic_tasks
-from arc_jax.toy.tokenizer import EOT, stop_token_ids, train_tokenizer
+from arc_jax.prompts import EOT, stop_token_ids
+from arc_jax.toy.tokenizer import train_tokenizer
 
 CONFIG = prompts.PromptConfig(style="arc25", prefill_assistant=True)
 VOCAB = 600

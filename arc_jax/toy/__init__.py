@@ -23,13 +23,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arc_jax import prompts
+from arc_jax.prompts import END_OF_TEXT, EOT, stop_token_ids
 from arc_jax.data.types import Task
 from arc_jax.model import Llama, LlamaConfig, Numerics, save_merged
 from arc_jax.toy.sft import SftConfig, completion_text, make_example
 from arc_jax.toy.sft import train as train_sft
 from arc_jax.toy.programs import Program, find_solvable_tasks
 from arc_jax.toy.synthetic import SyntheticConfig, synthetic_tasks
-from arc_jax.toy.tokenizer import END_OF_TEXT, EOT, stop_token_ids, train_tokenizer
+from arc_jax.toy.tokenizer import train_tokenizer
 
 MARKER_FILE = "toy_policy.json"
 _FORMAT_VERSION = 1

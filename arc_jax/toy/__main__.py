@@ -24,7 +24,7 @@ from arc_jax.model import from_pretrained
 from arc_jax.rewards import score_completions
 from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
 from arc_jax.toy import ToyPolicyConfig, build_toy_policy, demo_tasks, read_build_info
-from arc_jax.toy.tokenizer import stop_token_ids
+from arc_jax.prompts import stop_token_ids
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from arc_jax import prompts
 from arc_jax.data.types import Task
 from arc_jax.model import Llama
 from arc_jax.toy.programs import Program
-from arc_jax.toy.tokenizer import EOT
+from arc_jax.prompts import EOT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,11 +17,9 @@ from tokenizers import trainers
 from transformers import PreTrainedTokenizerFast
 
 from arc_jax import prompts
+from arc_jax.prompts import BOS, END_OF_TEXT, EOT
 from arc_jax.toy.programs import COLOR_CONSTANTS, HEADER
 
-BOS = "<|begin_of_text|>"
-END_OF_TEXT = "<|end_of_text|>"
-EOT = "<|eot_id|>"
 PAD = "<|finetune_right_pad_id|>"
 SPECIAL_TOKENS = (BOS, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>", EOT, PAD)
 
@@ -85,8 +83,3 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int,
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
     )
-
-
-def stop_token_ids(tokenizer) -> tuple[int, int]:
-    """The ids that end a completion: <|eot_id|> (the answer's end) and <|end_of_text|>."""
-    return tokenizer.convert_tokens_to_ids(EOT), tokenizer.convert_tokens_to_ids(END_OF_TEXT)

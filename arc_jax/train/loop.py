@@ -73,7 +73,8 @@ def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
     )
 
 
-def sampling_params(config: ml_collections.ConfigDict, tokenizer, seed: int) -> SamplingParams:
+def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...],
+                    seed: int) -> SamplingParams:
     return SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,
@@ -81,18 +82,9 @@ def sampling_params(config: ml_collections.ConfigDict, tokenizer, seed: int) -> 
         min_p=config.min_p,
         repetition_penalty=config.repetition_penalty,
         max_new_tokens=config.max_completion_length,
-        stop_token_ids=stop_token_ids(tokenizer),
+        stop_token_ids=stop_ids,
         seed=seed,
     )
-
-
-def stop_token_ids(tokenizer) -> tuple[int, ...]:
-    """<|eot_id|> (the end of the model's answer) and <|end_of_text|>, where the vocabulary has them."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_of_text|>")]
-    ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
-    if not ids:
-        raise ValueError("the tokenizer has neither <|eot_id|> nor <|end_of_text|> to stop on")
-    return tuple(ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,7 +406,7 @@ class _Trainer:
         self.stream = TaskStream(tasks, seed=config.seed, augment=config.augment.enabled,
                                  change_background_probability=config.augment.change_background_probability)
         self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
-        self.eos_ids = stop_token_ids(tokenizer)
+        self.eos_ids = prompts.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.lr_scale = 1.0
         self.updater = self._make_updater()
@@ -461,7 +453,7 @@ class _Trainer:
         config = self.config
         draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
         self.skipped_prompts += skipped
-        sampling = sampling_params(config, self.tokenizer, seed=config.seed * 1_000_003 + step)
+        sampling = sampling_params(config, self.eos_ids, seed=config.seed * 1_000_003 + step)
         groups, rollout_s, reward_s = sample_and_score(
             self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
             config.reward_name, config.sampler.max_prompts_per_batch)
@@ -487,7 +479,7 @@ class _Trainer:
         path = self.workdir / f"eval_{name}.json"
         if path.exists():
             return json.loads(path.read_text())
-        sampling = sampling_params(self.config, self.tokenizer, seed=self.config.seed + 7)
+        sampling = sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
         result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
                              self.config.eval.num_samples, sampling, self.config.reward_name,
                              self.config.sampler.max_prompts_per_batch)

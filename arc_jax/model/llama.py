@@ -19,6 +19,8 @@ from arc_jax.model.config import LlamaConfig, LoraConfig, Numerics
 from arc_jax.model.lora import Linear
 from arc_jax.model.sharding import Sharding, constrain
 
+ROW_AXES = ("batch", "act_seq", "act_embed")  # logical axes of hidden states [B, T, D]
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -79,18 +81,48 @@ def cached_mask(valid: jax.Array, end: jax.Array, num_queries: int) -> jax.Array
     return valid[:, None, None, :] & causal[None, None]
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, is_causal: bool,
+              implementation: str | None = None) -> jax.Array:
+    """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] -> [B, T, N, H].
+
+    mask [B, 1, T or 1, S] (True = attend) or None; `is_causal` adds the causal mask (T == S).
+    implementation: None or "xla" (materialises the scores), "cudnn" (a fused flash kernel).
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+
+
 def shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                             prefix_valid: jax.Array, own_k: jax.Array, own_v: jax.Array,
-                            own_mask: jax.Array) -> jax.Array:
+                            own_mask: jax.Array, *, implementation: str | None = None,
+                            query_chunk: int = 128) -> jax.Array:
     """Queries of G sequences over one shared prefix's keys and their own keys, in one softmax.
 
     q [P, G, Q, N, H]; prefix_k, prefix_v [P, S, K, H]; prefix_valid [P, S] bool;
     own_k, own_v [P, G, T, K, H]; own_mask [Q, T] bool (the own keys each query may see)
-    -> [P, G, Q, N, H]. The prefix's keys are read by all G sequences without being copied:
-    the sampler decodes G samples against one prompt cache (Q = 1), the trainer runs G
-    completions against one prompt forward (Q = T, causal own_mask). A fused GPU kernel would
-    do the same as a split-KV (cascade) attention over the two key sets.
+    -> [P, G, Q, N, H]. The sampler decodes G samples against one prompt cache (Q = 1), the
+    trainer runs G completions against one prompt forward (Q = T, causal own_mask).
+
+    Three ways to compute the same function, none of which copies the prefix per query:
+    - Q <= query_chunk (decoding): `shared_prefix_scores`, the scores [.., Q, S+T] at once;
+    - implementation "cudnn": the prefix's keys broadcast to the G sequences (a [P*G, S+T]
+      key set, small next to the scores) and cuDNN's fused flash attention, which never
+      materialises the scores;
+    - otherwise blockwise: `query_chunk` queries at a time, each block rematerialised in the
+      backward pass, so at most [.., query_chunk, S+T] scores exist at once.
     """
+    nq = q.shape[2]
+    if implementation == "cudnn" and nq > 1:
+        return _shared_prefix_fused(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask)
+    if nq <= query_chunk:
+        return shared_prefix_scores(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask)
+    return _shared_prefix_blockwise(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask,
+                                    query_chunk)
+
+
+def shared_prefix_scores(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask):
+    """`shared_prefix_attention` by materialising all scores [P, G, K, N/K, Q, S+T] in float32
+    (the reference the other two ways are tested against)."""
     p, g, nq, n, h = q.shape
     s, k = prefix_k.shape[1], prefix_k.shape[2]
     q = q.reshape(p, g, nq, k, n // k, h) * jnp.asarray(h ** -0.5, q.dtype)
@@ -105,6 +137,40 @@ def shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Arr
     out = (jnp.einsum("pgkrqs,pskh->pgqkrh", weights[..., :s], prefix_v, preferred_element_type=f32)
            + jnp.einsum("pgkrqt,pgtkh->pgqkrh", weights[..., s:], own_v, preferred_element_type=f32))
     return out.reshape(p, g, nq, n, h).astype(q.dtype)
+
+
+def _shared_prefix_blockwise(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask, chunk):
+    p, g, nq, n, h = q.shape
+    blocks = -(-nq // chunk)
+    pad = blocks * chunk - nq
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+    own_mask = jnp.pad(own_mask, ((0, pad), (0, 0)))  # padded queries see only the prefix
+    q_blocks = jnp.moveaxis(q.reshape(p, g, blocks, chunk, n, h), 2, 0)         # [Qb, P, G, c, N, H]
+    mask_blocks = own_mask.reshape(blocks, chunk, -1)                           # [Qb, c, T]
+
+    @jax.checkpoint
+    def block(args):
+        q_block, mask_block = args
+        return shared_prefix_scores(q_block, prefix_k, prefix_v, prefix_valid, own_k, own_v,
+                                    mask_block)
+
+    out = jax.lax.map(block, (q_blocks, mask_blocks))                           # [Qb, P, G, c, N, H]
+    return jnp.moveaxis(out, 0, 2).reshape(p, g, blocks * chunk, n, h)[:, :, :nq]
+
+
+def _shared_prefix_fused(q, prefix_k, prefix_v, prefix_valid, own_k, own_v, own_mask,
+                         implementation="cudnn"):
+    p, g, nq, n, h = q.shape
+    s, t = prefix_k.shape[1], own_k.shape[2]
+    fan = lambda x: jnp.broadcast_to(x[:, None], (p, g, *x.shape[1:]))
+    keys = lambda prefix, own: jnp.concatenate([fan(prefix), own], axis=2).reshape(
+        p * g, s + t, *own.shape[3:])                                           # [P*G, S+T, K, H]
+    mask = jnp.concatenate([jnp.broadcast_to(prefix_valid[:, None, None, :], (p, g, nq, s)),
+                            jnp.broadcast_to(own_mask, (p, g, nq, t))], axis=-1)
+    out = attention(q.reshape(p * g, nq, n, h), keys(prefix_k, own_k), keys(prefix_v, own_v),
+                    mask.reshape(p * g, 1, nq, s + t), is_causal=False,
+                    implementation=implementation)
+    return out.reshape(p, g, nq, n, h)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -178,7 +244,8 @@ def _linear(config_lora, name, in_features, out_features, axes, numerics, rngs):
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with RoPE; `qkv` and `output` are usable on their own."""
+    """The projections of grouped-query self-attention with RoPE: `qkv` before the attention
+    and `output` after it; the attention itself is the caller's (see `Block`)."""
 
     def __init__(self, config: LlamaConfig, numerics: Numerics, lora: LoraConfig | None,
                  sharding: Sharding | None, rngs: nnx.Rngs):
@@ -203,26 +270,9 @@ class Attention(nnx.Module):
         inv_freq = inverse_frequencies(c)
         return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-               is_causal: bool) -> jax.Array:
-        """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] -> [B, T, N, H].
-
-        mask [B, 1, T or 1, S] (True = attend); `is_causal` adds the causal mask (T == S).
-        """
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                            implementation=self.numerics.attention_impl)
-
     def output(self, attended: jax.Array, adapters: bool = True) -> jax.Array:
         b, t, n, h = attended.shape
         return self.o_proj(attended.reshape(b, t, n * h), adapters)
-
-    def __call__(self, x, positions, mask, is_causal, kv, end, adapters):
-        q, k, v = self.qkv(x, positions, adapters)
-        if kv is not None:
-            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, end, 0, 0))
-            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, end, 0, 0))
-            kv = (k, v)
-        return self.output(self.attend(q, k, v, mask, is_causal), adapters), kv
 
 
 class MLP(nnx.Module):
@@ -243,6 +293,15 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """One decoder layer, the only place the layer is spelled out.
+
+    x: hidden states [B, T, D], or a tuple of such streams that share this layer's weights (the
+    trainer's prompt stream and completion stream); positions: [B, T] per stream, like x.
+    attend(qkv) -> (attended, aux) computes this call's attention: qkv is (q, k, v) of
+    `Attention.qkv` per stream (a tuple of them for several streams), attended is like x with
+    [B, T, N, H] per stream, and aux (the written KV cache, say) is returned next to the new x.
+    """
+
     def __init__(self, config: LlamaConfig, numerics: Numerics, lora: LoraConfig | None,
                  sharding: Sharding | None, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, numerics)
@@ -251,25 +310,46 @@ class Block(nnx.Module):
         self.mlp = MLP(config, numerics, lora, sharding, rngs)
         self.sharding = sharding
 
-    def __call__(self, x, positions, mask, kv, end, is_causal, adapters):
-        h, kv = self.self_attn(self.input_layernorm(x), positions, mask, is_causal, kv, end,
-                               adapters)
-        x = x + h
-        x = x + self.mlp(self.post_attention_layernorm(x), adapters)
-        return constrain(x, self.sharding, ("batch", "act_seq", "act_embed")), kv
+    def __call__(self, x, positions, attend, adapters: bool = True):
+        attn = self.self_attn
+        qkv = jax.tree.map(lambda x, pos: attn.qkv(self.input_layernorm(x), pos, adapters),
+                           x, positions)
+        attended, aux = attend(qkv)
+        x = jax.tree.map(lambda x, a: x + attn.output(a, adapters), x, attended)
+        x = jax.tree.map(lambda x: x + self.mlp(self.post_attention_layernorm(x), adapters), x)
+        return jax.tree.map(lambda x: constrain(x, self.sharding, ROW_AXES), x), aux
 
 
-def _run_block(block, x, positions, mask, kv, end, is_causal, adapters, remat_policy):
-    """block(...), rematerialised under the named `jax.checkpoint_policies` policy if given."""
+def run_block(block: Block, x, positions, attend, *, adapters: bool = True,
+              remat_policy: str | None = None):
+    """block(x, positions, attend, adapters), rematerialised under the named
+    `jax.checkpoint_policies` policy if given (training memory: the backward pass recomputes
+    the layer from its input instead of keeping its activations)."""
     if remat_policy is None:
-        return block(x, positions, mask, kv, end, is_causal, adapters)
+        return block(x, positions, attend, adapters)
     graphdef, state = nnx.split(block)
 
-    def pure(state, x, positions, mask, kv, end):
-        return nnx.merge(graphdef, state)(x, positions, mask, kv, end, is_causal, adapters)
+    def pure(state, x, positions):
+        return nnx.merge(graphdef, state)(x, positions, attend, adapters)
 
     policy = getattr(jax.checkpoint_policies, remat_policy)
-    return jax.checkpoint(pure, policy=policy)(state, x, positions, mask, kv, end)
+    return jax.checkpoint(pure, policy=policy)(state, x, positions)
+
+
+def scan_blocks(layers, x, positions, attend, *, adapters: bool = True,
+                remat_policy: str | None = None):
+    """All layers applied to x with `lax.scan` over their stacked weights: one compiled layer
+    instead of L unrolled copies (compile time), at the cost of one stacked copy of the layer
+    weights for the duration of the call. attend must not depend on the layer; returns x."""
+    graphdef = nnx.graphdef(layers[0])
+    stacked = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(layer) for layer in layers])
+
+    def layer(x, state):
+        x, _ = run_block(nnx.merge(graphdef, state), x, positions, attend, adapters=adapters,
+                         remat_policy=remat_policy)
+        return x, None
+
+    return jax.lax.scan(layer, x, stacked)[0]
 
 
 class Llama(nnx.Module):
@@ -341,12 +421,23 @@ class Llama(nnx.Module):
             valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, end))
             mask, is_causal = cached_mask(valid, end, t), False
 
-        remat = self.numerics.remat_policy if cache is None else None
-        x = constrain(self.embed_tokens(tokens), self.sharding, ("batch", "act_seq", "act_embed"))
+        impl = self.numerics.attention_impl
+        x = constrain(self.embed_tokens(tokens), self.sharding, ROW_AXES)
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = _run_block(block, x, positions, mask, kv, end, is_causal, adapters, remat)
+            if cache is None:
+                def attend(qkv):
+                    return attention(*qkv, mask, is_causal, impl), None
+            else:
+                def attend(qkv, i=i):
+                    q, k, v = qkv
+                    k = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype),
+                                                     (0, end, 0, 0))
+                    v = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype),
+                                                     (0, end, 0, 0))
+                    return attention(q, k, v, mask, False, impl), (k, v)
+            x, kv = run_block(block, x, positions, attend, adapters=adapters,
+                              remat_policy=self.numerics.remat_policy if cache is None else None)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])

@@ -92,18 +92,17 @@ def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: Prompt
     x = model.embed_tokens(tokens.reshape(p * n, 1))  # [B, 1, D]
     new_k, new_v = [], []
     for i, block in enumerate(model.layers):
-        attn = block.self_attn
-        q, k, v = attn.qkv(block.input_layernorm(x), positions)  # q [B, 1, N, H], k/v [B, 1, K, H]
-        own_k = jax.lax.dynamic_update_slice(
-            own.k[i], k.reshape(p, n, 1, *k.shape[2:]).astype(own.k[i].dtype), (0, 0, step, 0, 0))
-        own_v = jax.lax.dynamic_update_slice(
-            own.v[i], v.reshape(p, n, 1, *v.shape[2:]).astype(own.v[i].dtype), (0, 0, step, 0, 0))
-        attended = shared_prefix_attention(q.reshape(p, n, 1, *q.shape[2:]), prompt.k[i],
-                                           prompt.v[i], prompt.valid, own_k, own_v,
-                                           own_valid[None, :])  # [P, n, 1, N, H]
-        x = x + attn.output(attended.reshape(p * n, 1, *attended.shape[3:]))
-        x = x + block.mlp(block.post_attention_layernorm(x))
-        x = constrain(x, model.sharding, ("batch", "act_seq", "act_embed"))
+        def attend(qkv, i=i):  # q [B, 1, N, H], k and v [B, 1, K, H]
+            q, k, v = qkv
+            own_k, own_v = (jax.lax.dynamic_update_slice(
+                cache[i], new.reshape(p, n, 1, *new.shape[2:]).astype(cache[i].dtype),
+                (0, 0, step, 0, 0)) for cache, new in ((own.k, k), (own.v, v)))
+            attended = shared_prefix_attention(q.reshape(p, n, 1, *q.shape[2:]), prompt.k[i],
+                                               prompt.v[i], prompt.valid, own_k, own_v,
+                                               own_valid[None, :])  # [P, n, 1, N, H]
+            return attended.reshape(p * n, 1, *attended.shape[3:]), (own_k, own_v)
+
+        x, (own_k, own_v) = block(x, positions, attend)
         new_k.append(own_k)
         new_v.append(own_v)
     logits = model.logits(model.norm(x)[:, 0])

@@ -55,7 +55,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from arc_jax.model.llama import Llama, positions_from_mask, prefill_mask, shared_prefix_attention
+from arc_jax.model.llama import (
+    ROW_AXES, Llama, attention, positions_from_mask, prefill_mask, scan_blocks,
+    shared_prefix_attention,
+)
 from arc_jax.model.lora import LoraParam
 from arc_jax.model.sharding import Sharding, constrain, state_shardings
 from arc_jax.train import grpo
@@ -63,7 +66,6 @@ from arc_jax.train.grpo import GRPOLossConfig
 from arc_jax.train.optim import OptimizerConfig, make_optimizer, make_schedule
 
 PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
-ROW_AXES = ("batch", "act_seq", "act_embed")
 
 
 class GroupBatch(NamedTuple):
@@ -94,43 +96,6 @@ class GroupBatch(NamedTuple):
 # ------------------------------------------------------------------------- shared-prompt model
 
 
-def _shared_block(block, prompt_x, own_x, prompt_positions, prompt_valid, own_positions,
-                  adapters):
-    """One decoder block on the prompt stream [P, S, D] and the completion stream [P*G, T, D]."""
-    attn = block.self_attn
-    p, s = prompt_valid.shape
-    pg, t, _ = own_x.shape
-    qp, kp, vp = attn.qkv(block.input_layernorm(prompt_x), prompt_positions, adapters)
-    qc, kc, vc = attn.qkv(block.input_layernorm(own_x), own_positions, adapters)
-    prompt_out = attn.attend(qp, kp, vp, prefill_mask(prompt_valid), is_causal=True)
-    groups = lambda x: x.reshape(p, pg // p, t, *x.shape[2:])                   # [P, G, T, ., H]
-    causal = jnp.tril(jnp.ones((t, t), bool))                                  # [T, T]
-    own_out = shared_prefix_attention(groups(qc), kp, vp, prompt_valid, groups(kc), groups(vc),
-                                      causal)
-    prompt_x = prompt_x + attn.output(prompt_out, adapters)
-    own_x = own_x + attn.output(own_out.reshape(pg, t, *own_out.shape[3:]), adapters)
-    prompt_x = prompt_x + block.mlp(block.post_attention_layernorm(prompt_x), adapters)
-    own_x = own_x + block.mlp(block.post_attention_layernorm(own_x), adapters)
-    return (constrain(prompt_x, block.sharding, ROW_AXES),
-            constrain(own_x, block.sharding, ROW_AXES))
-
-
-def _run_shared_block(block, prompt_x, own_x, prompt_positions, prompt_valid, own_positions,
-                      adapters, remat_policy):
-    """`_shared_block`, rematerialised under the named `jax.checkpoint_policies` policy if set."""
-    if remat_policy is None:
-        return _shared_block(block, prompt_x, own_x, prompt_positions, prompt_valid,
-                             own_positions, adapters)
-    graphdef, state = nnx.split(block)
-
-    def pure(state, *arrays):
-        return _shared_block(nnx.merge(graphdef, state), *arrays, adapters)
-
-    policy = getattr(jax.checkpoint_policies, remat_policy)
-    return jax.checkpoint(pure, policy=policy)(state, prompt_x, own_x, prompt_positions,
-                                               prompt_valid, own_positions)
-
-
 def shared_prompt_hidden_states(model: Llama, prompt_ids: jax.Array, prompt_mask: jax.Array,
                                 completion_ids: jax.Array, *, adapters: bool = True
                                 ) -> tuple[jax.Array, jax.Array]:
@@ -138,7 +103,8 @@ def shared_prompt_hidden_states(model: Llama, prompt_ids: jax.Array, prompt_mask
 
     prompt_ids, prompt_mask [P, S]; completion_ids [P, G, T] (tokens placed right after their
     prompt's last real token). Returns the state at each prompt's last real token [P, D] and
-    the completion tokens' states [P, G, T, D].
+    the completion tokens' states [P, G, T, D]. The layers run as one `scan_blocks` over two
+    streams, the prompts [P, S, D] and the completions [P*G, T, D].
     """
     p, s = prompt_ids.shape
     _, g, t = completion_ids.shape
@@ -147,14 +113,22 @@ def shared_prompt_hidden_states(model: Llama, prompt_ids: jax.Array, prompt_mask
     lengths = valid.sum(axis=1, dtype=jnp.int32)                               # [P]
     own_positions = jnp.broadcast_to(lengths[:, None, None] + jnp.arange(t), (p, g, t))
     own_positions = own_positions.reshape(p * g, t)                            # [P*G, T]
-    sharding = model.sharding
-    prompt_x = constrain(model.embed_tokens(prompt_ids), sharding, ROW_AXES)   # [P, S, D]
-    own_x = constrain(model.embed_tokens(completion_ids.reshape(p * g, t)), sharding,
-                      ROW_AXES)                                                # [P*G, T, D]
-    for block in model.layers:
-        prompt_x, own_x = _run_shared_block(block, prompt_x, own_x, prompt_positions, valid,
-                                            own_positions, adapters,
-                                            model.numerics.remat_policy)
+    causal = jnp.tril(jnp.ones((t, t), bool))                                  # [T, T]
+    impl = model.numerics.attention_impl
+    groups = lambda x: x.reshape(p, g, t, *x.shape[2:])                        # [P, G, T, ., H]
+
+    def attend(qkv):
+        (qp, kp, vp), (qc, kc, vc) = qkv
+        prompt_out = attention(qp, kp, vp, prefill_mask(valid), True, impl)
+        own_out = shared_prefix_attention(groups(qc), kp, vp, valid, groups(kc), groups(vc),
+                                          causal, implementation=impl)
+        return (prompt_out, own_out.reshape(p * g, t, *own_out.shape[3:])), None
+
+    embed = lambda ids: constrain(model.embed_tokens(ids), model.sharding, ROW_AXES)
+    streams = (embed(prompt_ids), embed(completion_ids.reshape(p * g, t)))
+    prompt_x, own_x = scan_blocks(model.layers, streams, (prompt_positions, own_positions),
+                                  attend, adapters=adapters,
+                                  remat_policy=model.numerics.remat_policy)
     last = s - 1 - jnp.argmax(valid[:, ::-1], axis=1)                          # [P]
     prompt_last = jnp.take_along_axis(prompt_x, last[:, None, None], axis=1)[:, 0]  # [P, D]
     return model.norm(prompt_last), model.norm(own_x).reshape(p, g, t, own_x.shape[-1])
@@ -172,23 +146,48 @@ def token_logprobs_and_entropy(logits: jax.Array, tokens: jax.Array, temperature
     return chosen, entropy
 
 
+def chunked_logprobs_and_entropy(logits_fn, h: jax.Array, tokens: jax.Array, temperature: float,
+                                 chunk: int) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs_and_entropy(logits_fn(h), tokens, temperature)` computed `chunk` tokens
+    at a time, each chunk rematerialised in the backward pass, so at most [chunk, V] float32
+    logits exist at once instead of [N, V].
+
+    logits_fn: hidden states [c, D] -> logits [c, V]; h [N, D], tokens [N] -> two arrays [N].
+    """
+    n = h.shape[0]
+    chunk = min(chunk, n)
+    blocks = -(-n // chunk)
+    pad = blocks * chunk - n
+    h_blocks = jnp.pad(h, ((0, pad), (0, 0))).reshape(blocks, chunk, h.shape[-1])
+    token_blocks = jnp.pad(tokens, (0, pad)).reshape(blocks, chunk)
+
+    @jax.checkpoint
+    def one(args):
+        h_block, token_block = args
+        return token_logprobs_and_entropy(logits_fn(h_block), token_block, temperature)
+
+    logprobs, entropy = jax.lax.map(one, (h_blocks, token_blocks))
+    return logprobs.reshape(-1)[:n], entropy.reshape(-1)[:n]
+
+
 def completion_logprobs(model: Llama, prompt_ids: jax.Array, prompt_mask: jax.Array,
                         completion_ids: jax.Array, *, temperature: float = 1.0,
-                        adapters: bool = True) -> tuple[jax.Array, jax.Array]:
+                        adapters: bool = True, logits_chunk: int = 512
+                        ) -> tuple[jax.Array, jax.Array]:
     """Log-probs [P, G, T] of the completion tokens under log_softmax(logits / temperature)
     (TRL's), and the entropies [P, G, T] of those distributions.
 
     Token t is predicted from the state before it: the prompt's last real token for t = 0,
-    completion token t - 1 otherwise, so the last completion token is never fed.
+    completion token t - 1 otherwise, so the last completion token is never fed. The logits
+    are computed `logits_chunk` tokens at a time (`chunked_logprobs_and_entropy`).
     """
     p, g, t = completion_ids.shape
     prompt_last, own = shared_prompt_hidden_states(model, prompt_ids, prompt_mask,
                                                    completion_ids[:, :, :-1], adapters=adapters)
     first = jnp.broadcast_to(prompt_last[:, None, None, :], (p, g, 1, prompt_last.shape[-1]))
-    h = jnp.concatenate([first, own], axis=2).reshape(p * g, t, -1)            # [P*G, T, D]
-    logits = model.logits(h)                                                   # [P*G, T, V]
-    logprobs, entropy = token_logprobs_and_entropy(logits, completion_ids.reshape(p * g, t),
-                                                   temperature)
+    h = jnp.concatenate([first, own], axis=2).reshape(p * g * t, -1)          # [P*G*T, D]
+    logprobs, entropy = chunked_logprobs_and_entropy(model.logits, h, completion_ids.reshape(-1),
+                                                     temperature, logits_chunk)
     return logprobs.reshape(p, g, t), entropy.reshape(p, g, t)
 
 

@@ -34,6 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.max_seq_length = 9700  # prompt + completion; longer prompts are skipped and counted
     config.max_completion_length = 1024
+    # Padded prompt lengths (sampler and update): m * 2**e with m of this many significant bits
+    # (2: 4, 6, 8, 12, ... x 2**e), never above the longest admitted prompt; 0: that one length
+    # (compile once, at the cost of padding every prompt).
+    config.prompt_bucket_bits = 2
 
     # LoRA (every target module, as in the reference runs).
     config.lora = ml_collections.ConfigDict()
@@ -83,6 +87,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.execution.memory_limit_mb = 4096
     config.execution.num_workers = 0  # 0: one per CPU core
     config.execution.common_path = ""  # "": the project's DSL; else an upstream common.py
+
+    # Numerics and compilation.
+    config.remat_policy = "nothing_saveable"  # a jax.checkpoint_policies name; "" = no remat
+    config.attention_impl = "auto"  # "auto" (cuDNN on a GPU in bfloat16), "xla" or "cudnn"
+    config.compilation_cache = True  # keep compiled programs in workdir/jax_cache
 
     # Mesh over all devices; one axis may be -1 (the rest).
     config.mesh = ml_collections.ConfigDict()

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
     config.augment.enabled = True
     config.max_seq_length = 9700
     config.max_completion_length = 1024
+    config.prompt_bucket_bits = 0  # one prompt length (8704): the sampler and update compile once
 
     config.lora.rank = 32
     config.lora.alpha = 64.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from arc_jax.config import default_config
-from arc_jax.rollout import Completion
+from arc_jax.rollout import Completion, PromptBuckets
 from arc_jax.train import grpo
 from arc_jax.train import loop
 
@@ -35,7 +35,8 @@ def _groups():
 def test_group_batch_pads_masks_and_centres_rewards():
     loss = grpo.GRPOLossConfig(scale_rewards="none", mask_truncated_completions=True)
     batch, stats = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
-                                    completion_length=4, prompt_bucket=4)
+                                    completion_length=4,
+                                    buckets=PromptBuckets(minimum=4))
     np.testing.assert_array_equal(batch.prompt_ids, [[PAD, 1, 2, 3], [PAD, PAD, 1, 2]])
     np.testing.assert_array_equal(batch.prompt_mask, [[0, 1, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(batch.completion_ids[0], [[5, EOT, PAD, PAD], [6, 7, 8, PAD]])
@@ -51,7 +52,8 @@ def test_group_batch_pads_masks_and_centres_rewards():
 def test_group_batch_carries_sampler_logprobs_for_importance_sampling():
     loss = grpo.GRPOLossConfig(importance_sampling_correction=True)
     batch, _ = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
-                                completion_length=4, prompt_bucket=4)
+                                completion_length=4,
+                                    buckets=PromptBuckets(minimum=4))
     np.testing.assert_array_equal(batch.sampler_logprobs[1, 0], [-0.25, -0.25, -0.25, 0.0])
 
 

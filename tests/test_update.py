@@ -24,7 +24,8 @@ from arc_jax.train import grpo
 from arc_jax.train.grpo import GRPOLossConfig
 from arc_jax.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from arc_jax.train.update import (
-    GroupBatch, GRPOUpdater, completion_logprobs, loss_and_grads, micro_batching,
+    GroupBatch, GRPOUpdater, chunked_logprobs_and_entropy, completion_logprobs, loss_and_grads,
+    micro_batching, token_logprobs_and_entropy,
 )
 
 CONFIG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -474,3 +475,33 @@ def test_four_device_mesh_gives_the_one_device_losses():
         for name in ("loss", "grad_norm", "kl", "entropy"):
             close(four[name], one[name], rtol=1e-4, atol=1e-6)
     assert out["one"][2]["loss"] != out["one"][0]["loss"]
+
+
+# ---------------------------------------------------------------------------- chunked log-probs
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 30, 512])
+def test_chunked_logprobs_equal_the_full_computation(chunk):
+    """Values and gradients (w.r.t. hidden states and head) of the chunked log-probs and
+    entropies equal those of the whole [N, V] logits at once (N = 30, V = 96)."""
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(30, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(16, 96)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 96, 30), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(2, 30)), jnp.float32)
+
+    def objective(fn):
+        def f(h, w):
+            logprobs, entropy = fn(lambda x: jnp.dot(x, w, precision="highest"), h)
+            return weights[0] @ logprobs + weights[1] @ entropy, (logprobs, entropy)
+        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(h, w)
+
+    full = objective(lambda logits_fn, h: token_logprobs_and_entropy(logits_fn(h), tokens, 0.7))
+    chunked = objective(lambda logits_fn, h: chunked_logprobs_and_entropy(logits_fn, h, tokens,
+                                                                          0.7, chunk))
+    (value, (lp, ent)), grads = chunked
+    (value_ref, (lp_ref, ent_ref)), grads_ref = full
+    close(lp, lp_ref)
+    close(ent, ent_ref)
+    close(value, value_ref)
+    trees_close(grads, grads_ref)

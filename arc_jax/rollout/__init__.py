@@ -7,13 +7,14 @@ from arc_jax.rollout.interface import (
     SamplingParams,
 )
 from arc_jax.rollout.memory import MemoryPlan, RolloutMemoryError, plan_memory
-from arc_jax.rollout.sampler import JaxSampler, SamplerConfig
+from arc_jax.rollout.sampler import JaxSampler, PromptBuckets, SamplerConfig
 
 __all__ = [
     "Completion",
     "JaxSampler",
     "LLAMA3_STOP_TOKEN_IDS",
     "MemoryPlan",
+    "PromptBuckets",
     "RolloutEngine",
     "RolloutMemoryError",
     "SamplerConfig",

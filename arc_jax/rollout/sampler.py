@@ -1,8 +1,8 @@
 """`JaxSampler`: the in-process rollout engine (CPU, GPU, TPU).
 
 Per call: prompts are sorted by length and grouped into batches as large as memory allows;
-each batch is padded to bucketed shapes (prompt count to a power of two, prompt length to a
-few sizes per octave), so a run compiles a handful of programs. Each batch is prefilled once
+each batch is padded to bucketed shapes (prompt count to a power of two, prompt length by
+`PromptBuckets`), so a run compiles a handful of programs. Each batch is prefilled once
 and decoded with `arc_jax.rollout.decode`; results return in the caller's prompt order.
 """
 
@@ -23,21 +23,55 @@ from arc_jax.rollout.memory import MemoryPlan, check_fits, free_device_bytes, pl
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptBuckets:
+    """The padded prompt lengths: few of them, so that few programs compile. The sampler and
+    the GRPO update pad with the same rule.
+
+    minimum: the smallest padded length.
+    bits: lengths are m * 2**e with m having this many significant bits: 1 gives powers of
+      two (up to 2x padding), 2 gives 4, 6, 8, 12, ... (up to 1.5x); 0 gives one bucket, the
+      maximum (compile once, pad every prompt to the longest a run admits).
+    maximum: 0, or the longest prompt a run admits: no bucket is longer (rounded up to a
+      multiple of minimum). A longer prompt gets the bucket of the rule without a maximum.
+    """
+
+    minimum: int = 64
+    bits: int = 2
+    maximum: int = 0
+
+    def __post_init__(self):
+        if self.minimum < 1 or self.bits < 0 or self.maximum < 0:
+            raise ValueError(f"PromptBuckets: minimum must be >= 1 and bits, maximum >= 0, got "
+                             f"{self}")
+        if self.bits == 0 and not self.maximum:
+            raise ValueError("PromptBuckets: bits=0 (one bucket) needs a maximum prompt length")
+
+    @property
+    def largest(self) -> int:
+        """The longest bucket of prompts up to `maximum` (0 without a maximum)."""
+        return -(-self.maximum // self.minimum) * self.minimum
+
+    def __call__(self, length: int) -> int:
+        if self.maximum and length <= self.maximum:
+            if self.bits == 0:
+                return self.largest
+            return min(bucket_length(length, self.minimum, self.bits), self.largest)
+        return bucket_length(length, self.minimum, max(self.bits, 1))
+
+
+@dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Settings of a `JaxSampler`.
 
     max_prompts_per_batch: most prompts decoded together (a power of two); memory may lower it.
-    min_prompt_bucket: the smallest padded prompt length.
-    prompt_bucket_bits: padded prompt lengths are m * 2**e with m having this many significant
-      bits: 1 gives powers of two (up to 2x padding), 2 gives 4, 6, 8, 12, ... (up to 1.5x).
+    buckets: the padded prompt lengths.
     memory_fraction: share of the free device memory a batch may plan to use.
     memory_bytes: a fixed memory budget instead of asking the device (None = ask).
     seed: seeds the engine's own source of seeds for calls with `SamplingParams.seed=None`.
     """
 
     max_prompts_per_batch: int = 8
-    min_prompt_bucket: int = 64
-    prompt_bucket_bits: int = 2
+    buckets: PromptBuckets = PromptBuckets()
     memory_fraction: float = 0.9
     memory_bytes: int | None = None
     seed: int = 0
@@ -46,8 +80,6 @@ class SamplerConfig:
         p = self.max_prompts_per_batch
         if p < 1 or p & (p - 1):
             raise ValueError(f"SamplerConfig.max_prompts_per_batch must be a power of two, got {p}")
-        if self.prompt_bucket_bits < 1 or self.min_prompt_bucket < 1:
-            raise ValueError("SamplerConfig.prompt_bucket_bits and min_prompt_bucket must be >= 1")
 
 
 def bucket_length(length: int, minimum: int, bits: int) -> int:
@@ -149,9 +181,7 @@ class JaxSampler:
             size = self.config.max_prompts_per_batch
             while True:
                 batch = order[start:start + size]
-                prompt_len = bucket_length(max(len(prompts[i]) for i in batch),
-                                           self.config.min_prompt_bucket,
-                                           self.config.prompt_bucket_bits)
+                prompt_len = self.config.buckets(max(len(prompts[i]) for i in batch))
                 plan = self.plan(next_power_of_two(len(batch)), prompt_len, n, max_new_tokens)
                 if plan.total <= budget or size == 1:
                     break

@@ -33,12 +33,17 @@ from arc_jax import data
 from arc_jax import prompts
 from arc_jax import rewards
 from arc_jax.execution import ExecutionConfig, ExecutionPool
-from arc_jax.model import LoraConfig, LoraParam, from_pretrained
-from arc_jax.rollout import Completion, JaxSampler, RolloutEngine, SamplerConfig, SamplingParams
+from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
+from arc_jax.rollout import (
+    Completion, JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig, SamplingParams,
+)
+from arc_jax.rollout.memory import free_device_bytes
 from arc_jax.train import grpo
 from arc_jax.train import report
 from arc_jax.train.checkpoint import Checkpointer
 from arc_jax.train.collapse import CollapseConfig, CollapseGuard
+from arc_jax.train.compiles import CompileCounter, use_persistent_cache
+from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
 from arc_jax.train.optim import OptimizerConfig
 from arc_jax.train.task_stream import Draw, TaskStream
@@ -254,15 +259,15 @@ def sample_and_score(engine: RolloutEngine, pool: ExecutionPool, draws: Sequence
 
 
 def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
-                loss: grpo.GRPOLossConfig, completion_length: int, prompt_bucket: int = 64
+                loss: grpo.GRPOLossConfig, completion_length: int, buckets: PromptBuckets
                 ) -> tuple[GroupBatch, dict]:
-    """The padded arrays of a step: prompts left-padded to a bucketed length, completions right-padded."""
+    """The padded arrays of a step: prompts left-padded to their bucket (the sampler's rule, so
+    that the update compiles as rarely as the sampler), completions right-padded."""
     num_prompts, group = len(groups), len(groups[0].completions)
     rewards_ = np.array([[r.reward for r in g.records] for g in groups], np.float32)  # [P, G]
     advantages, reward_stats = grpo.group_advantages(rewards_.reshape(-1), group,
                                                      loss.scale_rewards)
-    longest = max(len(g.prompt_ids) for g in groups)
-    prompt_len = prompt_bucket * math.ceil(longest / prompt_bucket)
+    prompt_len = buckets(max(len(g.prompt_ids) for g in groups))
     prompt_ids = np.full((num_prompts, prompt_len), pad_id, np.int32)
     prompt_mask = np.zeros((num_prompts, prompt_len), np.float32)
     completion_ids = np.full((num_prompts, group, completion_length), pad_id, np.int32)
@@ -307,6 +312,15 @@ def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]
     }
 
 
+def device_memory_metrics() -> dict[str, float]:
+    """Peak and current memory of the first device (GiB), where the device reports it."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return {}
+    return {"memory/peak_gib": stats["peak_bytes_in_use"] / 2**30,
+            "memory/in_use_gib": stats.get("bytes_in_use", 0) / 2**30}
+
+
 def solved(record: rewards.CompletionRecord) -> bool:
     """Every train grid right, and every test grid right where the test outputs are known."""
     return record.valid and record.train.is_correct and (record.test is None or record.test.is_correct)
@@ -346,6 +360,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
         return _dry_run(config)
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if config.compilation_cache:
+        use_persistent_cache(workdir / "jax_cache")
     mesh = make_mesh(config)
     model_path = resolve_model_path(config, workdir)
 
@@ -359,17 +375,18 @@ def run(config: ml_collections.ConfigDict) -> dict:
                       use_rslora=config.lora.use_rslora,
                       target_modules=tuple(config.lora.target_modules))
     model = from_pretrained(model_path, dtype=_dtype(config.dtype), lora=lora, mesh=mesh,
-                            seed=config.seed)
+                            numerics=numerics(config), seed=config.seed)
     execution = ExecutionConfig(num_workers=config.execution.num_workers,
                                 timeout_s=config.execution.timeout_s,
                                 memory_limit_mb=config.execution.memory_limit_mb,
                                 common_path=config.execution.common_path or None)
-    with ExecutionPool(execution) as pool, \
+    with ExecutionPool(execution) as pool, CompileCounter() as compiles, \
             Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
             MetricsLogger(workdir, tensorboard=config.tensorboard,
                           wandb_project=config.wandb_project or None,
                           config=config.to_dict()) as logger:
-        trainer = _Trainer(config, plan, model, tokenizer, tasks, pool, checkpointer, logger, mesh)
+        trainer = _Trainer(config, plan, model, tokenizer, tasks, pool, checkpointer, logger, mesh,
+                           compiles)
         return trainer.run()
 
 
@@ -384,6 +401,23 @@ def _dry_run(config: ml_collections.ConfigDict) -> dict:
     return {"plan": dataclasses.asdict(plan), "preview": summary}
 
 
+def numerics(config: ml_collections.ConfigDict) -> Numerics:
+    """Remat and attention kernel of the policy: `attention_impl="auto"` takes cuDNN's fused
+    attention on a GPU in bfloat16 (it needs 16-bit inputs), else XLA's (blockwise in the
+    update)."""
+    impl = config.attention_impl
+    if impl == "auto":
+        gpu = jax.default_backend() == "gpu" and config.dtype == "bfloat16"
+        impl = "cudnn" if gpu else "xla"
+    if impl not in ("xla", "cudnn"):
+        raise ValueError(f"config.attention_impl={impl!r}: expected 'auto', 'xla' or 'cudnn'")
+    remat = config.remat_policy or None
+    if remat is not None and not hasattr(jax.checkpoint_policies, remat):
+        raise ValueError(f"config.remat_policy={remat!r} is not a jax.checkpoint_policies name "
+                         "(e.g. 'nothing_saveable'; '' turns rematerialisation off)")
+    return Numerics(attention_impl=impl, remat_policy=remat)
+
+
 def _dtype(name: str):
     import jax.numpy as jnp
 
@@ -394,14 +428,17 @@ class _Trainer:
     """The state of one run and its steps; `run()` trains, evaluates and reports."""
 
     def __init__(self, config, plan: StepPlan, model, tokenizer, tasks, pool, checkpointer,
-                 logger, mesh):
+                 logger, mesh, compiles: CompileCounter):
         self.config, self.plan, self.model, self.tokenizer = config, plan, model, tokenizer
         self.tasks, self.pool, self.checkpointer, self.logger = tasks, pool, checkpointer, logger
-        self.mesh = mesh
+        self.mesh, self.compiles = mesh, compiles
         self.workdir = pathlib.Path(config.workdir)
         self.loss = loss_config(config)
+        self.buckets = PromptBuckets(bits=config.prompt_bucket_bits,
+                                     maximum=plan.max_prompt_length)
         self.sampler = JaxSampler(model, tokenizer, SamplerConfig(
-            max_prompts_per_batch=config.sampler.max_prompts_per_batch, seed=config.seed))
+            max_prompts_per_batch=config.sampler.max_prompts_per_batch, buckets=self.buckets,
+            seed=config.seed))
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
         self.stream = TaskStream(tasks, seed=config.seed, augment=config.augment.enabled,
                                  change_background_probability=config.augment.change_background_probability)
@@ -410,14 +447,23 @@ class _Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.lr_scale = 1.0
         self.updater = self._make_updater()
+        self._check_update_memory()
         self.skipped_prompts = 0
         self.skipped_updates = 0
+        self.warm = False  # set after the first step of this process: compiles after it are news
 
     def _make_updater(self) -> GRPOUpdater:
         return GRPOUpdater(self.model, self.loss,
                            optimizer_config(self.config, self.plan.total_steps, self.lr_scale),
                            mesh=self.mesh, num_micro_batches=self.plan.micro_batches,
                            temperature=self.config.temperature)
+
+    def _check_update_memory(self) -> None:
+        """Refuses, before anything compiles, an update whose largest batch will not fit."""
+        plan = self.updater.memory_plan(self.plan.prompts_per_step, self.buckets.largest,
+                                        self.plan.num_generations,
+                                        self.config.max_completion_length)
+        check_update_fits(plan, free_device_bytes())
 
     # --- checkpoints
 
@@ -451,6 +497,7 @@ class _Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         config = self.config
+        step_begin = time.perf_counter()
         draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
         self.skipped_prompts += skipped
         sampling = sampling_params(config, self.eos_ids, seed=config.seed * 1_000_003 + step)
@@ -459,7 +506,8 @@ class _Trainer:
             config.reward_name, config.sampler.max_prompts_per_batch)
         begin = time.perf_counter()
         batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
-                                          loss=self.loss, completion_length=config.max_completion_length)
+                                          loss=self.loss, completion_length=config.max_completion_length,
+                                          buckets=self.buckets)
         if config.num_iterations > 1:
             batch = batch._replace(old_logprobs=self.updater.logprobs(batch))
         for _ in range(config.num_iterations):
@@ -472,7 +520,25 @@ class _Trainer:
                 "skipped_prompts": float(self.skipped_prompts),
                 "skipped_updates": float(self.skipped_updates),
                 "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
-                "tokens_per_s": tokens / max(rollout_s, 1e-9)}
+                "time/step_s": time.perf_counter() - step_begin,
+                "tokens_per_s": tokens / max(rollout_s, 1e-9),
+                "prompt_tokens": float(sum(len(g.prompt_ids) for g in groups)),
+                "prompt_padded_len": float(np.shape(batch.prompt_ids)[1]),
+                **self._compile_metrics(step), **device_memory_metrics()}
+
+    def _compile_metrics(self, step: int) -> dict[str, float]:
+        """`compiles` (programs compiled, or loaded from the persistent cache, during the step)
+        and their seconds; after this process's first step each one is also printed."""
+        compiled, hits = self.compiles.take()
+        for c in compiled:
+            if self.warm:
+                print(f"step {step}: compiled {c.name} in {c.seconds:.1f} s after warm-up "
+                      "(a new shape reached a compiled function)")
+            elif c.seconds >= 1.0:
+                print(f"step {step}: compiled {c.name} in {c.seconds:.1f} s")
+        self.warm = True
+        return {"compiles": float(len(compiled)), "compile_cache_hits": float(hits),
+                "time/compile_s": float(sum(c.seconds for c in compiled))}
 
     def evaluate(self, name: str) -> dict:
         """Solve rates of the current policy on the training tasks, cached in workdir/eval_<name>.json."""

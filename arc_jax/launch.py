@@ -15,6 +15,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from arc_jax.data.types import TaskFormatError
+from arc_jax.rollout.memory import RolloutMemoryError
+from arc_jax.train.memory import UpdateMemoryError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -60,7 +62,8 @@ def main(argv):
     run = resolve_mode(config.mode)
     try:
         run(config)
-    except (TaskFormatError, FileNotFoundError) as e:  # bad user input: one clear line
+    except (TaskFormatError, FileNotFoundError, RolloutMemoryError,
+            UpdateMemoryError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 
 

@@ -29,6 +29,7 @@ def get_config(arg: str | None = None):
     config.prompt.prefill_assistant = True
     config.max_seq_length = 1024
     config.max_completion_length = 256
+    config.remat_policy = ""  # the toy policy's activations are small: no rematerialisation
 
     config.toy = ml_collections.ConfigDict()
     config.toy.num_synthetic_tasks = 2000

@@ -92,3 +92,28 @@ def test_mesh_shape_is_checked():
     config.mesh.fsdp = 1
     with pytest.raises(ValueError, match=r"needs 2 devices, found 1"):
         loop.make_mesh(config)
+
+
+def test_numerics_from_config():
+    config = default_config()
+    numerics = loop.numerics(config)  # CPU: "auto" is XLA's attention
+    assert (numerics.attention_impl, numerics.remat_policy) == ("xla", "nothing_saveable")
+    config.remat_policy = ""
+    assert loop.numerics(config).remat_policy is None
+    config.remat_policy = "save_everything_please"
+    with pytest.raises(ValueError, match="config.remat_policy='save_everything_please'"):
+        loop.numerics(config)
+    config.remat_policy = ""
+    config.attention_impl = "flash"
+    with pytest.raises(ValueError, match="config.attention_impl='flash'"):
+        loop.numerics(config)
+
+
+def test_one_bucket_pads_every_admitted_prompt_to_the_longest():
+    buckets = PromptBuckets(bits=0, maximum=8676)
+    assert {buckets(n) for n in (1, 700, 4097, 8676)} == {8704}
+    assert buckets(9000) == 16384  # longer than admitted (evaluation): powers of two
+    capped = PromptBuckets(bits=2, maximum=8676)
+    assert [capped(n) for n in (10, 700, 4097, 6145, 8676)] == [64, 768, 6144, 8192, 8704]
+    with pytest.raises(ValueError, match="bits=0"):
+        PromptBuckets(bits=0)

@@ -19,8 +19,10 @@ import pytest
 from arc_jax.train.metrics_log import read_metrics
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Wall-clock figures differ between any two runs; everything else must not.
-_TIMING_KEYS = ("time/rollout_s", "time/reward_s", "time/update_s", "tokens_per_s")
+# Wall-clock figures differ between any two runs, and so do compilations (a resumed process
+# compiles its first step again); everything else must not.
+_TIMING_KEYS = ("time/rollout_s", "time/reward_s", "time/update_s", "time/step_s",
+                "time/compile_s", "tokens_per_s", "compiles", "compile_cache_hits")
 
 
 def _command(workdir: pathlib.Path, *overrides: str) -> list[str]:
@@ -60,6 +62,20 @@ def test_demo_smoke_run_learns(smoke_run):
     assert last > first, (first, last)
     assert (smoke_run / "reward_per_step.png").stat().st_size > 0
     assert (smoke_run / "checkpoints" / "100").is_dir()
+
+
+def test_compiles_only_come_with_a_new_prompt_bucket(smoke_run):
+    """Every step logs `compiles`; the first step compiles the sampler and the update, and a
+    later step compiles only when its padded prompt length is one no earlier step had."""
+    metrics = read_metrics(smoke_run)
+    assert all("compiles" in m and "prompt_padded_len" in m for m in metrics)
+    assert metrics[0]["compiles"] > 0
+    seen = {metrics[0]["prompt_padded_len"]}
+    for m in metrics[1:]:
+        if m["compiles"] > 0:
+            assert m["prompt_padded_len"] not in seen, m["step"]
+        seen.add(m["prompt_padded_len"])
+    assert sum(m["compiles"] > 0 for m in metrics[1:]) < len(seen)
 
 
 def test_killed_run_resumes_with_the_same_metrics(smoke_run, tmp_path):

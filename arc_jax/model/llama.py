@@ -256,7 +256,6 @@ class Attention(nnx.Module):
         self.v_proj = _linear(lora, "v_proj", d, k * h, ("embed", "kv_heads"), numerics, rngs)
         self.o_proj = _linear(lora, "o_proj", n * h, d, ("heads", "embed"), numerics, rngs)
         self.config = config
-        self.numerics = numerics
         self.sharding = sharding
 
     def qkv(self, x: jax.Array, positions: jax.Array, adapters: bool = True):

@@ -25,6 +25,12 @@ processes S + G*T tokens instead of the naive G*(S + T): (G-1)/G less prompt wor
 loss and gradients. Prompts may be padded on either side (prompt_mask marks real tokens);
 completions start right after their prompt's last real token and are right-padded.
 
+Memory and compile time. The layers run as one `lax.scan` over their stacked weights (one
+compiled layer instead of L; the stacked copy lives for the step), each layer rematerialised
+under the model's `Numerics.remat_policy`; the completions' attention never holds all of its
+[T, S+T] scores (cuDNN's fused kernel, or blockwise under XLA); and log-probs are computed a
+chunk of tokens at a time. `GRPOUpdater.memory_plan` estimates what a batch shape needs.
+
 Micro-batches (`num_micro_batches` = m). The batch splits into m = a * b micro-batches, a =
 gcd(P, m) blocks of prompts times b = m / a blocks of each group's completions (b must divide
 G). With b = 1 no prompt is recomputed; with b > 1 each prompt runs once per micro-batch that

@@ -42,12 +42,18 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be saved or restored (names the directory, step and field)."""
 
 
+@jax.jit
+def _all_finite(leaves: list) -> list:
+    """One program for the whole state (compiled on the first save, not once per shape)."""
+    return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
+
+
 def check_finite(arrays: Any, what: str) -> None:
     """Raise CheckpointError naming the first floating leaf of `arrays` with a NaN or inf."""
     leaves = jax.tree_util.tree_flatten_with_path(arrays)[0]
     floating = [(path, leaf) for path, leaf in leaves
                 if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    all_finite = jax.device_get([jnp.all(jnp.isfinite(leaf)) for _, leaf in floating])
+    all_finite = jax.device_get(_all_finite([leaf for _, leaf in floating]))
     for (path, _), finite in zip(floating, all_finite):
         if not finite:
             raise CheckpointError(f"{what}: array {jax.tree_util.keystr(path)} has a NaN or inf "

@@ -527,13 +527,15 @@ class _Trainer:
                 **self._compile_metrics(step), **device_memory_metrics()}
 
     def _compile_metrics(self, step: int) -> dict[str, float]:
-        """`compiles` (programs compiled, or loaded from the persistent cache, during the step)
-        and their seconds; after this process's first step each one is also printed."""
+        """`compiles` (programs compiled, or loaded from the persistent cache, since the last
+        step) and their seconds; after this process's first step each one is also printed: a
+        new prompt bucket, or the first checkpoint's finiteness check (which then counts in
+        the step after the save)."""
         compiled, hits = self.compiles.take()
         for c in compiled:
             if self.warm:
-                print(f"step {step}: compiled {c.name} in {c.seconds:.1f} s after warm-up "
-                      "(a new shape reached a compiled function)")
+                print(f"step {step}: compiled {c.name} in {c.seconds:.1f} s after the first "
+                      "step")
             elif c.seconds >= 1.0:
                 print(f"step {step}: compiled {c.name} in {c.seconds:.1f} s")
         self.warm = True

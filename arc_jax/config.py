@@ -7,6 +7,9 @@ top_p, top_k, min_p, repetition_penalty, max_grad_norm, warmup_ratio, lr_schedul
 logging_steps, save_steps, seed), and so do their defaults, except where noted.
 """
 
+import math
+import numbers
+
 import ml_collections
 
 
@@ -125,3 +128,78 @@ def default_config() -> ml_collections.ConfigDict:
     config.preview.show_prompts = 1
     config.preview.tokenizer_path = ""  # "": the policy's tokenizer when model_path is a folder
     return config
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that no mode can use (names the field and the range)."""
+
+
+def _integer(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _power_of_two(v) -> bool:
+    return _integer(v) and v >= 1 and not v & (v - 1)
+
+
+# (field, check of (value, config), what is expected). Choices whose lists live with the code
+# that uses them (loss types, reward schemes, ...) are checked there, before any work.
+_RULES = (
+    ("seed", lambda v, c: _integer(v), "an integer"),
+    ("max_seq_length", lambda v, c: _integer(v) and v >= 2, "an integer >= 2"),
+    ("max_completion_length", lambda v, c: _integer(v) and 1 <= v < c.max_seq_length,
+     "an integer >= 1 and below max_seq_length (room for the prompt)"),
+    ("prompt_bucket_bits", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+    ("num_generations", lambda v, c: _integer(v) and v >= 2,
+     "an integer >= 2 (group-relative advantages need two completions per prompt)"),
+    ("generation_batch_size", lambda v, c: _integer(v) and v >= 1 and _integer(c.num_generations)
+     and c.num_generations >= 1 and v % c.num_generations == 0,
+     "a positive multiple of num_generations"),
+    ("gradient_accumulation_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("num_train_epochs", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("max_steps", lambda v, c: _integer(v) and v >= 0, "an integer >= 0 (0: num_train_epochs)"),
+    ("num_iterations", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("beta", lambda v, c: _number(v) and v >= 0, "a finite number >= 0"),
+    ("epsilon", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("epsilon_high", lambda v, c: v is None or (_number(v) and v >= 0),
+     "unset, or a finite number >= 0"),
+    ("learning_rate", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("warmup_ratio", lambda v, c: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("weight_decay", lambda v, c: _number(v) and v >= 0, "a finite number >= 0"),
+    ("max_grad_norm", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("temperature", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("top_p", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("top_k", lambda v, c: _integer(v) and v >= 0, "an integer >= 0 (0: off)"),
+    ("min_p", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
+    ("execution.timeout_s", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("execution.memory_limit_mb", lambda v, c: _integer(v) and v >= 64, "an integer >= 64"),
+    ("execution.num_workers", lambda v, c: _integer(v) and v >= 0,
+     "an integer >= 0 (0: one per core)"),
+    ("logging_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("save_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("max_to_keep", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("eval.num_samples", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field of `config` (as in `default_config`) whose
+    value is out of range; run before any data or model is loaded."""
+    for field, check, expected in _RULES:
+        value = config
+        try:
+            for part in field.split("."):
+                value = value[part]
+        except KeyError:
+            continue  # a config built without this field does not use it
+        if not check(value, config):
+            raise ConfigError(f"config.{field}={value!r}: expected {expected}")

@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from arc_jax.config import ConfigError, validate
 from arc_jax.data.types import TaskFormatError
 from arc_jax.rollout.memory import RolloutMemoryError
 from arc_jax.train.memory import UpdateMemoryError
@@ -61,8 +62,9 @@ def main(argv):
     logging.info("config:\n%s", config)
     run = resolve_mode(config.mode)
     try:
+        validate(config)
         run(config)
-    except (TaskFormatError, FileNotFoundError, RolloutMemoryError,
+    except (ConfigError, TaskFormatError, FileNotFoundError, RolloutMemoryError,
             UpdateMemoryError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 

@@ -118,3 +118,59 @@ def test_dry_run_skips_prompts_over_the_token_budget(budget, expected_skipped):
     assert summary["length_unit"] == "tokens"
     assert summary["num_prompts"] == 4
     assert summary["num_skipped_over_budget"] == expected_skipped
+
+
+# The bad settings a user has typed, each with the message's start.
+BAD_SETTINGS = [
+    ("num_generations", -1, "config.num_generations=-1: expected an integer >= 2"),
+    ("num_generations", 0, "config.num_generations=0: expected an integer >= 2"),
+    ("generation_batch_size", 0, "config.generation_batch_size=0: expected a positive multiple"),
+    ("generation_batch_size", 12, "config.generation_batch_size=12: expected a positive multiple"),
+    ("logging_steps", 0, "config.logging_steps=0: expected an integer >= 1"),
+    ("save_steps", 0, "config.save_steps=0: expected an integer >= 1"),
+    ("num_iterations", 0, "config.num_iterations=0: expected an integer >= 1"),
+    ("learning_rate", float("nan"), "config.learning_rate=nan: expected a finite number > 0"),
+    ("learning_rate", -1e-6, "config.learning_rate=-1e-06: expected a finite number > 0"),
+    ("max_completion_length", 1024, "config.max_completion_length=1024: expected an integer >= 1 "
+                                    "and below max_seq_length"),
+    ("top_p", 0.0, "config.top_p=0.0: expected a number in (0, 1]"),
+    ("sampler.max_prompts_per_batch", 3, "config.sampler.max_prompts_per_batch=3: expected a "
+                                         "power of two"),
+    ("execution.timeout_s", float("inf"), "config.execution.timeout_s=inf: expected a finite"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_SETTINGS,
+                         ids=[f"{f}={v}" for f, v, _ in BAD_SETTINGS])
+def test_validate_names_each_bad_setting(field, value, message):
+    from arc_jax.config import ConfigError, validate
+
+    config = _demo_smoke_config()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def _demo_smoke_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", _ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.max_seq_length = 1000  # so that max_completion_length=1024 is out of range
+    return config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.num_generations=-1", "error: config.num_generations=-1: expected an integer >= 2"),
+    ("--config.learning_rate=nan", "error: config.learning_rate=nan: expected a finite number"),
+])
+def test_bad_setting_exits_1_with_one_line_before_any_work(override, message):
+    result = _launch("--config=configs/demo.py:smoke", override)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "step plan" not in result.stdout  # stopped before the data and the model

@@ -240,3 +240,53 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         curves.append([(e.step, e.value) for e in events.Scalars("loss")])
     assert [step for step, _ in curves[1]] == list(range(1, 11))
     assert curves[1] == curves[0]
+
+
+def random_state(seed):
+    rng = np.random.default_rng(seed)
+    return {"lora": {"a": jnp.asarray(rng.normal(size=(64, 64)), jnp.float32),
+                     "b": jnp.asarray(rng.normal(size=(256,)), jnp.bfloat16)},
+            "count": jnp.array(7, jnp.int32), "key": jax.random.key(11)}
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_flipped_byte_in_the_newest_step_is_detected_and_the_previous_restores(
+        tmp_path, caplog, where):
+    """One byte of the largest array file of step 2 inverted (the file keeps its size): step 2
+    does not restore, step 1 does, with its exact arrays, and the log names step 2."""
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, random_state(1), {"position": 1})
+        ckpt.save(2, random_state(2), {"position": 2})
+    files = [f for f in (tmp_path / "2").rglob("*") if f.is_file()]
+    largest = max(files, key=lambda f: f.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[int(len(data) * where)] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+    with Checkpointer(tmp_path) as ckpt:
+        arrays, meta = ckpt.restore(abstract_arrays=abstract(random_state(0)))
+    assert meta == {"step": 1, "position": 1}
+    for got, want in zip(jax.tree.leaves(jax.random.key_data(arrays["key"])),
+                         jax.tree.leaves(jax.random.key_data(random_state(1)["key"]))):
+        np.testing.assert_array_equal(got, want)
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(np.asarray(arrays["lora"][name], np.float32),
+                                      np.asarray(random_state(1)["lora"][name], np.float32))
+    assert "step 2:" in caplog.text
+
+
+def test_changed_array_values_are_named(tmp_path):
+    """The fingerprint check itself: a step whose saved values were replaced by others of the
+    same shape (here: step 1's arrays written under step 2's metadata) names the arrays."""
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, random_state(1), {})
+        ckpt.save(2, random_state(2), {})
+    import shutil
+
+    shutil.rmtree(tmp_path / "2" / "arrays")
+    shutil.copytree(tmp_path / "1" / "arrays", tmp_path / "2" / "arrays")
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match=r"checkpoint step 2 in .*: arrays "
+                                                  r"\['lora'\]\['a'\], \['lora'\]\['b'\] differ "
+                                                  r"from what was saved"):
+            ckpt.restore(2, abstract_arrays=abstract(random_state(0)))

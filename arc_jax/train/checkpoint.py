@@ -20,6 +20,9 @@ What is guaranteed:
   with a warning, so that saves can follow; if no step restores, the error lists every failure.
 - Arrays with a non-finite floating value are refused at `save`, so a NaN never reaches a
   checkpoint; `meta` must survive a JSON round trip unchanged (tuples, for instance, do not).
+- Every array's fingerprint (a 32-bit weighted sum of its words, which any change of one word
+  alters) is saved in `meta` and checked at restore: a step whose files were changed, say a
+  flipped byte, does not restore, and `restore()` falls back to an older step as above.
 """
 
 from __future__ import annotations
@@ -42,22 +45,39 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be saved or restored (names the directory, step and field)."""
 
 
+FINGERPRINTS = "array_fingerprints"  # the meta key holding them
+
+
 @jax.jit
-def _all_finite(leaves: list) -> list:
-    """One program for the whole state (compiled on the first save, not once per shape)."""
-    return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
+def _summaries(leaves: list) -> tuple[list, list]:
+    """Per leaf: whether all its values are finite, and a 32-bit fingerprint of its bits
+    (sum of word_i * odd_i mod 2^32, so any change of one word changes it). One program for the
+    whole state, compiled on the first save."""
+    finite, prints = [], []
+    for leaf in leaves:
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        finite.append(jnp.all(jnp.isfinite(leaf)) if jnp.issubdtype(leaf.dtype, jnp.inexact)
+                      else jnp.bool_(True))
+        if leaf.dtype == jnp.bool_:
+            leaf = leaf.astype(jnp.uint8)
+        words = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f"uint{8 * leaf.dtype.itemsize}"))
+        words = words.astype(jnp.uint32).reshape(-1)
+        odd = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+        prints.append(jnp.sum(words * odd, dtype=jnp.uint32))
+    return finite, prints
 
 
-def check_finite(arrays: Any, what: str) -> None:
-    """Raise CheckpointError naming the first floating leaf of `arrays` with a NaN or inf."""
+def summarise(arrays: Any, what: str) -> dict[str, int]:
+    """The fingerprint of each leaf of `arrays` by its path; raises CheckpointError naming the
+    first floating leaf with a NaN or inf."""
     leaves = jax.tree_util.tree_flatten_with_path(arrays)[0]
-    floating = [(path, leaf) for path, leaf in leaves
-                if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    all_finite = jax.device_get(_all_finite([leaf for _, leaf in floating]))
-    for (path, _), finite in zip(floating, all_finite):
-        if not finite:
+    finite, prints = jax.device_get(_summaries([leaf for _, leaf in leaves]))
+    for (path, _), ok in zip(leaves, finite):
+        if not ok:
             raise CheckpointError(f"{what}: array {jax.tree_util.keystr(path)} has a NaN or inf "
                                   "value; non-finite state is never checkpointed")
+    return {jax.tree_util.keystr(path): int(p) for (path, _), p in zip(leaves, prints)}
 
 
 def check_json_round_trip(meta: dict, what: str) -> None:
@@ -115,7 +135,7 @@ class Checkpointer:
             raise CheckpointError(f"{what}: meta['step'] is {meta['step']}")
         meta = {**meta, "step": int(step)}
         check_json_round_trip(meta, what)
-        check_finite(arrays, what)
+        meta[FINGERPRINTS] = summarise(arrays, what)
         self._manager.save(int(step), args=ocp.args.Composite(
             arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
 
@@ -173,9 +193,17 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(abstract_arrays), meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
+        what = f"checkpoint step {step} in {self.directory}"
         if not isinstance(meta, dict) or meta.get("step") != step:
-            raise CheckpointError(f"checkpoint step {step} in {self.directory}: meta['step'] is "
+            raise CheckpointError(f"{what}: meta['step'] is "
                                   f"{meta.get('step') if isinstance(meta, dict) else meta!r}")
+        expected = meta.pop(FINGERPRINTS, None)
+        if expected is not None:  # checkpoints written before fingerprints restore unchecked
+            found = summarise(restored["arrays"], what)
+            changed = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+            if changed:
+                raise CheckpointError(f"{what}: arrays {', '.join(changed)} differ from what was "
+                                      "saved (the files were damaged)")
         return restored["arrays"], meta
 
     def _set_aside_unreadable(self, restored_step: int, failures: list[str]) -> None:

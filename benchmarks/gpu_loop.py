@@ -128,9 +128,10 @@ def run_loop(args, checkpoint: pathlib.Path, out: pathlib.Path) -> dict:
 
 
 def memory_fraction(gb: float) -> float:
-    import subprocess as sp
-    total_mib = float(sp.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, check=True).stdout.split()[0])
+    """XLA_PYTHON_CLIENT_MEM_FRACTION that leaves JAX `gb` GB of the first GPU."""
+    query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    total_mib = float(subprocess.run(query, capture_output=True, text=True,
+                                     check=True).stdout.split()[0])
     return gb * 1e9 / (total_mib * 2**20)
 
 

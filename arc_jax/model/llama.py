@@ -20,6 +20,7 @@ from arc_jax.model.lora import Linear
 from arc_jax.model.sharding import Sharding, constrain
 
 ROW_AXES = ("batch", "act_seq", "act_embed")  # logical axes of hidden states [B, T, D]
+QUERY_CHUNK = 128  # queries per block of the blockwise shared-prefix attention
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -95,7 +96,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, 
 def shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                             prefix_valid: jax.Array, own_k: jax.Array, own_v: jax.Array,
                             own_mask: jax.Array, *, implementation: str | None = None,
-                            query_chunk: int = 128) -> jax.Array:
+                            query_chunk: int = QUERY_CHUNK) -> jax.Array:
     """Queries of G sequences over one shared prefix's keys and their own keys, in one softmax.
 
     q [P, G, Q, N, H]; prefix_k, prefix_v [P, S, K, H]; prefix_valid [P, S] bool;

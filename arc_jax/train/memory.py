@@ -61,11 +61,13 @@ class UpdateMemoryPlan:
 def plan_update_memory(config: LlamaConfig, dtype, *, prompts: int, prompt_len: int,
                        completions: int, completion_len: int, layer_weight_bytes: int,
                        lora_bytes: int, remat: bool, fused_attention: bool,
-                       query_chunk: int = 128, logits_chunk: int = 512) -> UpdateMemoryPlan:
+                       query_chunk: int, logits_chunk: int) -> UpdateMemoryPlan:
     """The transient memory of one micro-step (see the module docstring for what is counted).
 
     prompts, completions: per micro-batch (P' and P' * G'). layer_weight_bytes: the base and
     LoRA weights of all decoder layers; lora_bytes: the trainable weights (one gradient copy).
+    query_chunk, logits_chunk: the chunk sizes of the blockwise attention and of the log-probs
+    (`arc_jax.model.llama.QUERY_CHUNK`, `arc_jax.train.update.LOGITS_CHUNK`).
     """
     itemsize = np.dtype(dtype).itemsize
     d, f, n = config.hidden_size, config.intermediate_size, config.num_attention_heads

@@ -62,7 +62,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arc_jax.model.llama import (
-    ROW_AXES, Llama, attention, positions_from_mask, prefill_mask, scan_blocks,
+    QUERY_CHUNK, ROW_AXES, Llama, attention, positions_from_mask, prefill_mask, scan_blocks,
     shared_prefix_attention,
 )
 from arc_jax.model.lora import LoraParam
@@ -73,6 +73,7 @@ from arc_jax.train.memory import UpdateMemoryPlan, plan_update_memory
 from arc_jax.train.optim import OptimizerConfig, make_optimizer, make_schedule
 
 PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
+LOGITS_CHUNK = 512  # completion tokens whose logits exist at once
 
 
 class GroupBatch(NamedTuple):
@@ -179,7 +180,7 @@ def chunked_logprobs_and_entropy(logits_fn, h: jax.Array, tokens: jax.Array, tem
 
 def completion_logprobs(model: Llama, prompt_ids: jax.Array, prompt_mask: jax.Array,
                         completion_ids: jax.Array, *, temperature: float = 1.0,
-                        adapters: bool = True, logits_chunk: int = 512
+                        adapters: bool = True, logits_chunk: int = LOGITS_CHUNK
                         ) -> tuple[jax.Array, jax.Array]:
     """Log-probs [P, G, T] of the completion tokens under log_softmax(logits / temperature)
     (TRL's), and the entropies [P, G, T] of those distributions.
@@ -507,7 +508,8 @@ class GRPOUpdater:
             layer_weight_bytes=layer_bytes(self._base) + layer_bytes(self._lora),
             lora_bytes=sum(x.nbytes for x in jax.tree.leaves(self._lora)),
             remat=numerics.remat_policy is not None,
-            fused_attention=numerics.attention_impl == "cudnn")
+            fused_attention=numerics.attention_impl == "cudnn", query_chunk=QUERY_CHUNK,
+            logits_chunk=LOGITS_CHUNK)
 
     @property
     def num_updates(self) -> int:

@@ -253,52 +253,170 @@ def preflight() -> None:
 
 
 
-def micro_jax(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int) -> None:
-    """JaxSampler decode at G=16 and G=64, and one GRPOUpdater step at G=16."""
+DECODE_VARIANTS = {  # name: (G, prompt tokens or 0 for --micro-prompt, top_p, LoRA)
+    "G16": (16, 0, 0.95, True),
+    "G64": (64, 0, 0.95, True),
+    "G16-prompt8704": (16, 8704, 0.95, True),
+    "G16-no-top-p": (16, 0, 1.0, True),
+    "G16-no-lora": (16, 0, 0.95, False),
+}
+
+
+def load_model(checkpoint: pathlib.Path, lora: bool):
+    import jax
+
+    from arc_jax.model import LoraConfig, Numerics, from_pretrained
+
+    numerics = Numerics(attention_impl="cudnn" if jax.default_backend() == "gpu" else "xla",
+                        remat_policy="nothing_saveable")
+    return from_pretrained(checkpoint, lora=LoraConfig(rank=32, alpha=64.0) if lora else None,
+                           numerics=numerics)
+
+
+def time_decode(sampler, prompt: list[int], g: int, top_p: float, new_tokens: int,
+                repeats: int = 2) -> tuple[float, float, int]:
+    """(first call s, best later ms per step, tokens) of sampler.generate at this shape."""
+    from arc_jax.rollout import SamplingParams
+
+    sampling = SamplingParams(temperature=1.0, top_p=top_p, max_new_tokens=new_tokens,
+                              stop_token_ids=(128009, 128001), seed=0)
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        out = sampler.generate([prompt], g, sampling)
+        times.append(time.perf_counter() - begin)
+    tokens = len(out[0][0].token_ids)
+    return times[0], 1e3 * min(times[1:] or times) / tokens, tokens
+
+
+def micro_jax(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int, variants: list[str],
+              update_groups: list[int]) -> None:
+    """JaxSampler decode per variant (DECODE_VARIANTS) and one GRPOUpdater step per G."""
     import jax
     import numpy as np
 
-    from arc_jax.model import LoraConfig, Numerics, from_pretrained
-    from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+    from arc_jax.rollout import JaxSampler, SamplerConfig
     from arc_jax.train.grpo import GRPOLossConfig
     from arc_jax.train.optim import OptimizerConfig
     from arc_jax.train.update import GroupBatch, GRPOUpdater
 
-    numerics = Numerics(attention_impl="cudnn" if jax.default_backend() == "gpu" else "xla",
-                        remat_policy="nothing_saveable")
-    model = from_pretrained(checkpoint, lora=LoraConfig(rank=32, alpha=64.0), numerics=numerics)
     rng = np.random.default_rng(0)
-    prompt = rng.integers(1000, 100000, prompt_len).tolist()
-    sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1))
+    for lora in (True, False):
+        names = [v for v in variants if DECODE_VARIANTS[v][3] == lora]
+        if not names and not (lora and update_groups):
+            continue
+        model = load_model(checkpoint, lora)
+        sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1))
+        for name in names:
+            g, length, top_p, _ = DECODE_VARIANTS[name]
+            prompt = rng.integers(1000, 100000, length or prompt_len).tolist()
+            first, ms, tokens = time_decode(sampler, prompt, g, top_p, new_tokens)
+            emit({"stage": "micro_decode", "variant": name, "G": g, "prompt": len(prompt),
+                  "new_tokens": tokens, "first_call_s": round(first, 1),
+                  "ms_per_step": round(ms, 2)})
+        del sampler
+        if not lora:
+            break
+        for g in update_groups:
+            updater = GRPOUpdater(model, GRPOLossConfig(loss_type="bnpo", beta=0.0),
+                                  OptimizerConfig(learning_rate=1e-6, total_steps=10))
+            batch = GroupBatch(
+                prompt_ids=rng.integers(1000, 100000, (1, prompt_len)).astype(np.int32),
+                prompt_mask=np.ones((1, prompt_len), np.int32),
+                completion_ids=rng.integers(1000, 100000, (1, g, new_tokens)).astype(np.int32),
+                completion_mask=np.ones((1, g, new_tokens), np.float32),
+                advantages=rng.normal(size=(1, g)).astype(np.float32))
+            times = []
+            for _ in range(3):
+                begin = time.perf_counter()
+                updater.step(batch)
+                times.append(time.perf_counter() - begin)
+            stats = jax.devices()[0].memory_stats() or {}
+            emit({"stage": "micro_update", "G": g, "tokens": prompt_len + g * new_tokens,
+                  "first_call_s": round(times[0], 1), "step_s": round(min(times[1:]), 2),
+                  "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 1)})
+            del updater
+        del model
+
+
+def sampling_kernels() -> None:
+    """The top-p transform alone on [G, 128256] float32 logits: a full sort (the previous
+    version) against the bisection of `arc_jax.rollout.sampling.apply_top_p`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from arc_jax.rollout.sampling import apply_top_p
+
+    def top_p_by_sort(logits, p=0.95):
+        ascending = jnp.sort(logits, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+        removed = (cumulative <= 1 - p).at[..., -1].set(False)
+        threshold = jnp.take_along_axis(ascending, jnp.sum(removed, -1, keepdims=True), axis=-1)
+        return jnp.where(logits < threshold, -jnp.inf, logits)
+
     for g in (16, 64):
-        sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=new_tokens,
-                                  stop_token_ids=(128009, 128001), seed=0)
-        times = []
-        for _ in range(3):
+        logits = jnp.asarray(np.random.default_rng(g).normal(0, 1, (g, 128256)), jnp.float32)
+        row = {"stage": "micro_top_p", "G": g}
+        for name, fn in (("sort", top_p_by_sort), ("bisection", lambda x: apply_top_p(x, 0.95))):
+            compiled = jax.jit(fn)
+            out = compiled(logits).block_until_ready()
             begin = time.perf_counter()
-            out = sampler.generate([prompt], g, sampling)
-            times.append(time.perf_counter() - begin)
-        tokens = len(out[0][0].token_ids)
-        emit({"stage": "micro_decode", "G": g, "prompt": prompt_len, "new_tokens": tokens,
-              "first_call_s": round(times[0], 1),
-              "ms_per_step": round(1e3 * min(times[1:]) / tokens, 2)})
-    g = 16
-    updater = GRPOUpdater(model, GRPOLossConfig(loss_type="bnpo", beta=0.0),
-                          OptimizerConfig(learning_rate=1e-6, total_steps=10))
-    batch = GroupBatch(
-        prompt_ids=np.asarray([prompt], np.int32), prompt_mask=np.ones((1, prompt_len), np.int32),
-        completion_ids=rng.integers(1000, 100000, (1, g, new_tokens)).astype(np.int32),
-        completion_mask=np.ones((1, g, new_tokens), np.float32),
-        advantages=rng.normal(size=(1, g)).astype(np.float32))
-    times = []
-    for _ in range(3):
-        begin = time.perf_counter()
-        updater.step(batch)
-        times.append(time.perf_counter() - begin)
-    stats = jax.devices()[0].memory_stats() or {}
-    emit({"stage": "micro_update", "G": g, "tokens": prompt_len + g * new_tokens,
-          "first_call_s": round(times[0], 1), "step_s": round(min(times[1:]), 2),
-          "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 1)})
+            for _ in range(50):
+                out = compiled(logits)
+            out.block_until_ready()
+            row[f"{name}_ms"] = round(1e3 * (time.perf_counter() - begin) / 50, 3)
+            row[f"{name}_kept"] = int(jnp.sum(jnp.isfinite(out)))
+        emit(row)
+
+
+def profile_decode(checkpoint: pathlib.Path, prompt_len: int, out: pathlib.Path,
+                   g: int = 16, steps: int = 64) -> None:
+    """Device time per kind of kernel over one sampler call of `steps` decode steps, from a
+    JAX profiler trace: where a decode step's milliseconds go, and how much is idle gaps."""
+    import jax
+    import numpy as np
+
+    from arc_jax.rollout import JaxSampler, SamplerConfig
+
+    sampler = JaxSampler(load_model(checkpoint, True), config=SamplerConfig(max_prompts_per_batch=1))
+    prompt = np.random.default_rng(0).integers(1000, 100000, prompt_len).tolist()
+    time_decode(sampler, prompt, g, 0.95, steps, repeats=1)  # compile
+    trace_dir = out / "trace"
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    with jax.profiler.trace(str(trace_dir)):
+        time_decode(sampler, prompt, g, 0.95, steps, repeats=1)
+    emit({"stage": "profile_decode", "G": g, "prompt": prompt_len, "steps": steps,
+          **summarize_trace(trace_dir)})
+
+
+def summarize_trace(trace_dir: pathlib.Path, top: int = 25) -> dict:
+    """Per device stream: kernels by name (digits dropped), total and busy time, and span."""
+    from jax.profiler import ProfileData
+
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    data = ProfileData.from_file(str(files[-1]))
+    streams = []
+    for plane in data.planes:
+        if not plane.name.startswith(("/device:", "/host:CPU")):
+            continue
+        for line in plane.lines:
+            events = [(re.sub(r"[0-9]+", "#", e.name)[:90], e.start_ns, e.duration_ns)
+                      for e in line.events]
+            if len(events) < 100:
+                continue
+            by_name: dict[str, list[float]] = {}
+            for name, _, duration in events:
+                by_name.setdefault(name, [0, 0.0])
+                by_name[name][0] += 1
+                by_name[name][1] += duration / 1e6
+            span = (max(s + d for _, s, d in events) - min(s for _, s, _ in events)) / 1e6
+            busy = sum(d for _, _, d in events) / 1e6
+            ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+            streams.append({"plane": plane.name, "line": line.name, "events": len(events),
+                            "span_ms": round(span, 1), "busy_ms": round(busy, 1),
+                            "top": [[n, c, round(ms, 2)] for n, (c, ms) in ranked]})
+    return {"streams": streams}
 
 
 def micro_torch(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int) -> None:
@@ -381,7 +499,13 @@ def main():
     p.add_argument("--deadline-s", type=float, default=0,
                    help="stop the launch command after this many seconds (0: never); the "
                         "steps logged by then are reported")
-    p.add_argument("--phase", choices=["checkpoint", "preflight", "micro-jax", "micro-torch"],
+    p.add_argument("--variants", default="G16,G64",
+                   help=f"decode variants of --micro, comma-separated, of {sorted(DECODE_VARIANTS)}")
+    p.add_argument("--update-groups", default="16", help="G of the --micro updates, e.g. 16,32")
+    p.add_argument("--profile", action="store_true",
+                   help="a profiler trace of 64 decode steps, summarised per kernel")
+    p.add_argument("--phase", choices=["checkpoint", "preflight", "micro-jax", "micro-torch",
+                                       "profile"],
                    help=argparse.SUPPRESS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +516,12 @@ def main():
     if args.phase == "preflight":
         return preflight()
     if args.phase == "micro-jax":
-        return micro_jax(checkpoint, args.micro_prompt, args.micro_new_tokens)
+        sampling_kernels()
+        groups = [int(g) for g in args.update_groups.split(",") if g]
+        return micro_jax(checkpoint, args.micro_prompt, args.micro_new_tokens,
+                         [v for v in args.variants.split(",") if v], groups)
+    if args.phase == "profile":
+        return profile_decode(checkpoint, args.micro_prompt, args.out)
     if args.phase == "micro-torch":
         return micro_torch(checkpoint, args.micro_prompt, args.micro_new_tokens)
 
@@ -402,7 +531,8 @@ def main():
                                     f"--out={args.out}", f"--checkpoint={checkpoint}"), check=True)
         emit({"stage": "checkpoint", "preset": args.preset, "seconds": round(time.perf_counter() - begin, 1)})
     common = [f"--out={args.out}", f"--checkpoint={checkpoint}",
-              f"--micro-prompt={args.micro_prompt}", f"--micro-new-tokens={args.micro_new_tokens}"]
+              f"--micro-prompt={args.micro_prompt}", f"--micro-new-tokens={args.micro_new_tokens}",
+              f"--variants={args.variants}", f"--update-groups={args.update_groups}"]
     if args.steps:
         check = subprocess.run(self_command("--phase=preflight", *common), capture_output=True,
                                text=True)
@@ -414,7 +544,8 @@ def main():
         table = loop_table(result, checkpoint, args.warmup, args.override)
         emit(table)
         (args.out / "loop_table.json").write_text(json.dumps(table, indent=1))
-    for flag, phase in ((args.micro, "micro-jax"), (args.torch, "micro-torch")):
+    for flag, phase in ((args.profile, "profile"), (args.micro, "micro-jax"),
+                        (args.torch, "micro-torch")):
         if flag:
             subprocess.run(self_command(f"--phase={phase}", *common), check=False)
 

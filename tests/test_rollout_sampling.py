@@ -19,6 +19,7 @@ from arc_jax.rollout.sampling import (
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
+    ordered_keys,
     choose_tokens,
     process_logits,
     token_logprobs,
@@ -58,6 +59,42 @@ def test_top_p_matches_transformers(p):
     ours = apply_top_p(jnp.asarray(logits), p)
     assert_same_logits(ours, hf([TopPLogitsWarper(p)], logits))
     assert np.all(np.isfinite(np.asarray(ours)).sum(-1) >= 1)
+
+
+def test_top_p_handles_removed_peaked_and_llama_sized_rows():
+    # Rows already cut by top-k (-inf entries), one token holding more than p, and a
+    # near-uniform row over a Llama-sized vocabulary.
+    rng = np.random.default_rng(3)
+    cut = rng.normal(0, 3, (4, 500)).astype(np.float32)
+    cut[:, ::3] = -np.inf
+    peaked = rng.normal(0, 1, (4, 500)).astype(np.float32)
+    peaked[:, 7] = 30.0
+    for logits in (cut, peaked, rng.normal(0, 0.01, (2, 128256)).astype(np.float32)):
+        for p in (0.3, 0.95):
+            scores = torch.tensor(logits)
+            expected = TopPLogitsWarper(p)(torch.zeros((len(logits), 1), dtype=torch.long), scores)
+            assert_same_logits(apply_top_p(jnp.asarray(logits), p), expected.numpy())
+
+
+def test_top_p_keeps_all_ties_at_the_threshold():
+    # transformers removes an order-dependent part of a tie at the boundary; the rule here is
+    # "kept iff the probability of all logits at or below this one exceeds 1 - p".
+    logits = np.round(np.random.default_rng(4).normal(0, 2, (4, 500))).astype(np.float32)
+    for p in (0.3, 0.95):
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        at_or_below = np.stack([[probs[r][logits[r] <= x].sum() for x in logits[r]]
+                                for r in range(len(logits))])
+        kept = np.isfinite(np.asarray(apply_top_p(jnp.asarray(logits), p)))
+        np.testing.assert_array_equal(kept, at_or_below > 1 - p)
+
+
+def test_ordered_keys_order_like_the_floats():
+    values = np.array([-np.inf, -3e38, -2.0, -1.0, -1e-30, 0.0, 1e-30, 1.0, 2.0, 3e38, np.inf],
+                      np.float32)
+    keys = np.asarray(ordered_keys(jnp.asarray(values)))
+    assert np.all(np.diff(keys) > 0)
+    assert ordered_keys(jnp.float32(-0.0)) == ordered_keys(jnp.float32(0.0))
 
 
 @pytest.mark.parametrize("min_p", [0.01, 0.1, 0.5, 1.0])

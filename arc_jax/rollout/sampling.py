@@ -36,16 +36,32 @@ def apply_top_p(logits: jax.Array, p: float) -> jax.Array:
     """Keeps the most likely tokens until their probability sum reaches p (at least one).
 
     As transformers: in ascending order, a token is removed while the cumulative probability
-    up to and including it is <= 1 - p. The kept set is every token at or above the smallest
-    kept logit (ties at that logit are all kept).
+    up to and including it is <= 1 - p, so a token is kept exactly when the probability of
+    all tokens with a logit at or below its own exceeds 1 - p (ties are kept together). The
+    smallest such logit is found by bisection over the logits' ordered bit patterns: 32
+    masked sums over [B, V] instead of sorting 128k logits per row at every decoding step.
     """
-    ascending = jnp.sort(logits, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-    removed = cumulative <= 1 - p
-    removed = removed.at[..., -1].set(False)
-    num_removed = jnp.sum(removed, axis=-1, keepdims=True)
-    threshold = jnp.take_along_axis(ascending, num_removed, axis=-1)  # smallest kept logit
-    return jnp.where(logits < threshold, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits, axis=-1)                                     # [B, V]
+    keys = ordered_keys(logits)                                                 # [B, V] int32
+    below = lambda key: jnp.sum(jnp.where(keys <= key, probs, 0.0), axis=-1, keepdims=True)
+
+    def halve(_, bounds):  # invariant: mass(<= lo) <= 1 - p < mass(<= hi)
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        above = below(mid) > 1 - p
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo = jnp.min(keys, axis=-1, keepdims=True) - 1                              # [B, 1]
+    hi = jnp.max(keys, axis=-1, keepdims=True)
+    _, threshold = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return jnp.where(keys < threshold, -jnp.inf, logits)
+
+
+def ordered_keys(x: jax.Array) -> jax.Array:
+    """int32 keys of float32 x that order as x does (-inf lowest; -0.0 and +0.0 equal)."""
+    x = jnp.where(x == 0, 0.0, x.astype(jnp.float32))
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
 def apply_min_p(logits: jax.Array, min_p: float) -> jax.Array:

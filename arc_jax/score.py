@@ -10,8 +10,8 @@ the prompt showed, as written by `Augmentation.to_json`: the program then runs o
 augmented inputs and its outputs are reverted before they are compared with the task.
 `test_index` (optional) records which test input the prompt showed; it is checked but
 does not change scoring, since every program runs on all test inputs. Blank lines are
-skipped; any other malformed line (bad JSON, a missing, unknown or mistyped key) stops
-the run with an error naming the line.
+skipped; any other malformed line (not UTF-8, bad or too deeply nested JSON, a missing,
+unknown or mistyped key) stops the run with an error naming the line.
 
 Every task id must be in the dataset: unknown ids stop the run before anything is
 executed, with their count and ids. Metrics cover the tasks that have predictions (the
@@ -78,6 +78,8 @@ def parse_prediction(text: str, where: str, line: int) -> Prediction:
         record = json.loads(text)
     except json.JSONDecodeError as e:
         raise PredictionFormatError(f"{where}: not valid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise PredictionFormatError(f"{where}: not valid JSON: nested too deeply") from None
     if not isinstance(record, dict):
         raise PredictionFormatError(f"{where}: expected a JSON object, got {_json_type(record)}")
     unknown = sorted(set(record) - set(_KEYS))
@@ -109,13 +111,25 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def decode_line(raw: bytes, where: str) -> str:
+    """One line's bytes as UTF-8 text; a bad byte is an error naming `where` and its column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PredictionFormatError(
+            f"{where}: not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
+
+
 def read_predictions(path: str) -> list[Prediction]:
-    """All predictions of a JSONL file, in file order."""
+    """All predictions of a JSONL file, in file order. Read as bytes and decoded per line, so
+    that a bad byte is reported with its line."""
     predictions = []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            text = decode_line(raw, where)
             if text.strip():
-                predictions.append(parse_prediction(text, f"{path} line {number}", number))
+                predictions.append(parse_prediction(text, where, number))
     if not predictions:
         raise PredictionFormatError(f"{path}: no predictions")
     return predictions

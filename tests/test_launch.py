@@ -163,14 +163,25 @@ def _demo_smoke_config():
     return config
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.num_generations=-1", "error: config.num_generations=-1: expected an integer >= 2"),
-    ("--config.learning_rate=nan", "error: config.learning_rate=nan: expected a finite number"),
-])
+# The bad settings the launcher must refuse from the command line, each with its message's start.
+BAD_OVERRIDES = [
+    ("num_generations=-1", "config.num_generations=-1: expected an integer >= 2"),
+    ("num_generations=0", "config.num_generations=0: expected an integer >= 2"),
+    ("generation_batch_size=0", "config.generation_batch_size=0: expected a positive multiple"),
+    ("logging_steps=0", "config.logging_steps=0: expected an integer >= 1"),
+    ("save_steps=0", "config.save_steps=0: expected an integer >= 1"),
+    ("num_iterations=0", "config.num_iterations=0: expected an integer >= 1"),
+    ("learning_rate=nan", "config.learning_rate=nan: expected a finite number > 0"),
+    ("learning_rate=inf", "config.learning_rate=inf: expected a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
 def test_bad_setting_exits_1_with_one_line_before_any_work(override, message):
-    result = _launch("--config=configs/demo.py:smoke", override)
+    result = _launch("--config=configs/demo.py:smoke", f"--config.{override}")
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith(message), result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in output if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), output
     assert "Traceback" not in result.stderr
     assert "step plan" not in result.stdout  # stopped before the data and the model

@@ -192,6 +192,21 @@ def test_a_malformed_line_stops_the_cli_with_its_line_number(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("bad_line, message", [
+    (b"[" * 200_000 + b"]" * 200_000, "not valid JSON: nested too deeply"),
+    (b'{"task_id": "67a3c6ac", "completion": "\xff"}', "not UTF-8: byte 0xff at column 40"),
+], ids=["deep_nesting", "non_utf8_byte"])
+def test_an_unreadable_line_stops_the_cli_with_one_error_line(tmp_path, bad_line, message):
+    predictions = tmp_path / "p.jsonl"
+    good = json.dumps({"task_id": "67a3c6ac", "completion": FLIP_LR}).encode()
+    predictions.write_bytes(good + b"\n" + bad_line + b"\n")
+    result = run_score(f"--predictions={predictions}")
+    assert result.returncode == 1
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {predictions} line 2: {message}"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 # --- reading and checking predictions (in process) ---------------------------------------
 
 

@@ -390,6 +390,25 @@ def test_non_finite_step_is_not_applied(run):
     assert run["metrics_3"]["skipped"] == 0.0
 
 
+def test_step_whose_updated_weights_are_not_finite_is_not_applied():
+    """Finite loss and gradients, non-finite weights: with adam_epsilon 0, a batch of zero
+    advantages has zero gradients, and Adam's first update is 0 / 0 = NaN."""
+    optimizer = OptimizerConfig(learning_rate=0.05, adam_epsilon=0.0)
+    updater = GRPOUpdater(make_model(), GRPOLossConfig(), optimizer)
+    batch = make_batch()
+    before = host(updater.state())
+    flat = updater.step(batch._replace(advantages=np.zeros((2, 4), np.float32)))
+    assert math.isfinite(flat["loss"]) and flat["grad_norm"] == 0.0
+    assert flat["skipped"] == 1.0
+    trees_close(host(updater.state()), before, rtol=0, atol=0)
+    assert updater.num_updates == 0
+    assert updater.step(batch)["skipped"] == 0.0
+    assert updater.num_updates == 1
+    after = host(updater.state()["lora"])
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
+    assert not np.array_equal(jax.tree.leaves(after)[0], jax.tree.leaves(before["lora"])[0])
+
+
 def test_state_round_trip_resumes_exactly(run):
     trees_close(run["lora_loaded"], run["state_2"]["lora"], rtol=0, atol=0)
     assert run["metrics_3_again"] == run["metrics_3"]

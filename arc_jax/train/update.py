@@ -44,8 +44,9 @@ placed by the model's logical-axis annotations (`arc_jax.model.sharding`), the o
 like its parameters, and batch arrays along their first (prompt) dimension over (data, fsdp),
 replicated where P does not divide. Activations follow the model's constraints.
 
-A step whose loss or gradient norm is not finite is not applied: the LoRA weights, optimiser
-state and step count stay as they were and the metrics say `skipped` = 1.
+A step whose loss, gradient norm or updated LoRA weights are not all finite is not applied (the
+weights can go bad from finite gradients, e.g. under a NaN or infinite learning rate): the LoRA
+weights, optimiser state and step count stay as they were and the metrics say `skipped` = 1.
 """
 
 from __future__ import annotations
@@ -308,11 +309,18 @@ def loss_and_grads(lora: dict, base: dict, batch: GroupBatch, *, graphdef: nnx.G
     return losses.sum(), grads, metrics
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every element of `tree` is finite, as one boolean scalar (one fused reduction
+    per leaf)."""
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def train_step(lora: dict, opt_state, step: jax.Array, base: dict, batch: GroupBatch, *,
                graphdef: nnx.GraphDef, loss_config: GRPOLossConfig,
                optimizer: optax.GradientTransformation, schedule, temperature: float,
                num_micro_batches: int):
-    """One optimiser update -> (lora, opt_state, step, metrics); a no-op if not finite.
+    """One optimiser update -> (lora, opt_state, step, metrics); a no-op if the loss, gradient
+    norm or updated LoRA weights are not finite.
 
     Metrics: the loss metrics of `grpo.grpo_loss`, `entropy`, `loss`, `grad_norm` (before
     clipping), `learning_rate` (the one this update uses) and `skipped` (1.0 if not applied).
@@ -323,7 +331,7 @@ def train_step(lora: dict, opt_state, step: jax.Array, base: dict, batch: GroupB
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, opt_state, lora)
     new_lora = optax.apply_updates(lora, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_lora)
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
     metrics |= {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(step),
                 "skipped": 1.0 - finite.astype(jnp.float32)}

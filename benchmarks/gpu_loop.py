@@ -148,38 +148,53 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
     """Steady-state figures over the steps after `warmup`."""
     sizes = model_sizes(checkpoint)
     steps = result["steps"]
-    steady = [s for s in steps if s["step"] > warmup] or steps
+    # Steady state: after the warm-up, and without the steps that compiled a new prompt bucket.
+    steady = [s for s in steps if s["step"] > warmup and not s.get("compiles", 0)] or steps
     med = lambda key: statistics.median(s.get(key, 0.0) for s in steady) if steady else float("nan")
     config = run_config(overrides)
     g, t, micro = config["num_generations"], config["max_completion_length"], config["micro"]
     prompt_len = med("prompt_padded_len") or config["prompt_len"]
     completion_tokens = med("completions/mean_length")
     rollout_s = med("time/rollout_s")
-    decode_ms = 1e3 * rollout_s / max(completion_tokens, 1)
-    floor_bytes = 2 * sizes["params"] + sizes["kv_bytes_per_token"] * (
-        prompt_len + g * completion_tokens / 2)
-    floor_ms = 1e3 * floor_bytes / (HBM_TBPS * 1e12)
-    executed = micro * prompt_len + g * t
-    attention = 4 * sizes["layers"] * 2 * sizes["heads"] * sizes["head_dim"] * (
-        micro * prompt_len * prompt_len / 2 + g * t * (prompt_len + t / 2)) * 2
-    flops = 6 * sizes["linear"] * executed + 6 * sizes["head"] * g * t + attention
     update_s = med("time/update_s")
+
+    def floor_ms(step):  # weights + one prompt-KV copy + half the completion KV, per decode step
+        kv_tokens = step.get("prompt_padded_len", prompt_len) + g * step.get("completions/mean_length", t) / 2
+        return 1e3 * (2 * sizes["params"] + sizes["kv_bytes_per_token"] * kv_tokens) / (HBM_TBPS * 1e12)
+
+    def decode_ms(step):
+        return 1e3 * step["time/rollout_s"] / max(step.get("completions/mean_length", t), 1)
+
+    def update_flops(step):
+        s_ = step.get("prompt_padded_len", prompt_len)
+        attention = 4 * sizes["layers"] * 2 * sizes["heads"] * sizes["head_dim"] * (
+            micro * s_ * s_ / 2 + g * t * (s_ + t / 2)) * 2
+        return 6 * sizes["linear"] * (micro * s_ + g * t) + 6 * sizes["head"] * g * t + attention
+
+    per_step = lambda fn: statistics.median(fn(s) for s in steady) if steady else float("nan")
+    decode = per_step(decode_ms)
+    floor = per_step(floor_ms)
+    share = per_step(lambda s: floor_ms(s) / decode_ms(s))
+    flops = per_step(update_flops)
+    mfu = per_step(lambda s: update_flops(s) / max(s["time/update_s"], 1e-9) / (PEAK_TFLOPS * 1e12))
     return {
         "stage": "loop_table",
         "rc": result["rc"], "steps_logged": len(steps), "wall_s": round(result["wall_s"], 1),
         "compiled_programs": [{"step": s, "program": n, "seconds": round(x, 1)}
                               for s, n, x in result["compiled"]],
         "compiles_after_first_step": int(sum(s.get("compiles", 0) for s in steps if s["step"] > 1)),
+        "steps_that_compiled": [s["step"] for s in steps if s.get("compiles", 0)],
+        "steady_steps": len(steady),
         "step_s": round(med("time/step_s"), 2), "rollout_s": round(rollout_s, 2),
         "reward_s": round(med("time/reward_s"), 2), "update_s": round(update_s, 2),
         "steps_per_min": round(60 / med("time/step_s"), 2) if steady else None,
         "mean_completion_tokens": completion_tokens, "prompt_tokens": med("prompt_tokens"),
         "padded_prompt_len": prompt_len,
-        "decode_ms_per_step": round(decode_ms, 2),
-        "decode_floor_ms": round(floor_ms, 2),
-        "decode_share_of_floor": round(floor_ms / decode_ms, 3) if decode_ms else None,
+        "decode_ms_per_step": round(decode, 2),
+        "decode_floor_ms": round(floor, 2),
+        "decode_share_of_floor": round(share, 3),
         "update_tflop": round(flops / 1e12, 1),
-        "update_mfu": round(flops / max(update_s, 1e-9) / (PEAK_TFLOPS * 1e12), 3),
+        "update_mfu": round(mfu, 3),
         "peak_memory_gib": round(max((s.get("memory/peak_gib", 0.0) for s in steps), default=0), 2),
         "reward_mean": med("reward/mean"), "truncated_ratio": med("truncated_ratio"),
     }
@@ -253,12 +268,13 @@ def preflight() -> None:
 
 
 
-DECODE_VARIANTS = {  # name: (G, prompt tokens or 0 for --micro-prompt, top_p, LoRA)
-    "G16": (16, 0, 0.95, True),
-    "G64": (64, 0, 0.95, True),
-    "G16-prompt8704": (16, 8704, 0.95, True),
-    "G16-no-top-p": (16, 0, 1.0, True),
-    "G16-no-lora": (16, 0, 0.95, False),
+DECODE_VARIANTS = {  # name: (G, prompt tokens or 0 for --micro-prompt, top_p, LoRA, merged)
+    "G16": (16, 0, 0.95, True, True),
+    "G64": (64, 0, 0.95, True, True),
+    "G16-prompt8704": (16, 8704, 0.95, True, True),
+    "G16-unmerged": (16, 0, 0.95, True, False),
+    "G16-no-top-p": (16, 0, 1.0, True, True),
+    "G16-no-lora": (16, 0, 0.95, False, False),
 }
 
 
@@ -306,15 +322,16 @@ def micro_jax(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int, varian
         if not names and not (lora and update_groups):
             continue
         model = load_model(checkpoint, lora)
-        sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1))
         for name in names:
-            g, length, top_p, _ = DECODE_VARIANTS[name]
+            g, length, top_p, _, merged = DECODE_VARIANTS[name]
+            sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1,
+                                                             merge_lora=merged))
             prompt = rng.integers(1000, 100000, length or prompt_len).tolist()
             first, ms, tokens = time_decode(sampler, prompt, g, top_p, new_tokens)
             emit({"stage": "micro_decode", "variant": name, "G": g, "prompt": len(prompt),
                   "new_tokens": tokens, "first_call_s": round(first, 1),
                   "ms_per_step": round(ms, 2)})
-        del sampler
+            del sampler
         if not lora:
             break
         for g in update_groups:

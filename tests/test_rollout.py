@@ -1,6 +1,7 @@
 """JaxSampler on a tiny random Llama, checked against transformers (torch, float32)."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -151,13 +152,14 @@ def test_prompt_cache_is_not_copied_per_sample(sampler):
     tokens = np.ones((p, s), np.int32)
     lengths = np.full((p,), s, np.int32)
     args = (sampler._graphdef, sampler._lora, sampler._base)
-    prompt, first = jax.eval_shape(sampler._prefill, *args, tokens, lengths)
+    prompt, first = jax.eval_shape(functools.partial(sampler._prefill, adapters=True), *args,
+                                   tokens, lengths)
     prompt_cache_bytes = sum(x.size * 4 for x in prompt.k + prompt.v)
 
     def temp_bytes(n):
         compiled = sampler._decode.lower(
             *args, prompt, tokens, first, np.ones(p, bool), np.zeros(p, np.int32), np.uint32(0),
-            n=n, sampling=SamplingParams(max_new_tokens=4)).compile()
+            n=n, sampling=SamplingParams(max_new_tokens=4), adapters=True).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(8) - temp_bytes(1) < prompt_cache_bytes
@@ -185,6 +187,27 @@ def test_update_weights_changes_outputs_without_recompiling(checkpoint):
     wrong = jax.tree.map(lambda x: x[:1], state)
     with pytest.raises(ValueError, match="lora_a"):
         sampler.update_weights(wrong)
+
+
+def test_merged_weights_sample_what_the_adapters_compute(checkpoint):
+    # The default sampler decodes with W + s * A B merged into the kernels; the unmerged one
+    # runs the adapters. Both must give the same greedy tokens and log-probs (float32 here).
+    path, _ = checkpoint
+    lora = LoraConfig(rank=4, alpha=8.0)
+    model = load(path, lora=lora)
+    state = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
+                         nnx.state(model, LoraParam))
+    nnx.update(model, state)
+    kernels = [np.array(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    merged = JaxSampler(model).generate(PROMPTS, 1, GREEDY)
+    for before, after in zip(kernels, jax.tree.leaves(nnx.state(model, nnx.Param))):
+        np.testing.assert_array_equal(before, after)  # the trainer's weights stay unmerged
+    separate = JaxSampler(model, config=SamplerConfig(merge_lora=False)).generate(PROMPTS, 1, GREEDY)
+    base = JaxSampler(load(path, lora=lora)).generate(PROMPTS, 1, GREEDY)
+    tokens = lambda results: [c[0].token_ids for c in results]
+    assert tokens(merged) == tokens(separate) != tokens(base)
+    for a, b in zip(merged, separate):
+        np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-4)
 
 
 def test_memory_plan_by_hand(sampler):

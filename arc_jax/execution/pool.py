@@ -9,10 +9,13 @@ stops answering is replaced; its job still gets a result (a Crash).
 What a program may not do, and what happens instead (see seccomp.py, worker.py):
 - run past `timeout_s` (wall clock, all inputs together): killed -> Timeout;
 - use more than `memory_limit_mb` of address space -> MemoryError;
-- create processes (fork, os.system, subprocess) or exec: PermissionError;
-- change any file (inside its private working directory too): PermissionError;
-- open sockets, signal other processes, trace them: PermissionError;
+- open, stat or list any file (datasets, /proc, the Python installation), create
+  processes, exec, use sockets, pipes or IPC, signal or trace other processes, ioctl, or
+  any other system call outside the allowlist: an OSError (PermissionError) in the program;
+- import a module the worker did not import beforehand (worker.PRELOADED): ImportError;
 - end its process (sys.exit, os._exit) -> Exit; die by a signal -> Crash.
+Run by root, a program's process runs as uid/gid 65534 with no capabilities. The pool
+(the trainer) and its workers are non-dumpable, and no pickle crosses a process boundary.
 """
 
 from __future__ import annotations
@@ -48,9 +51,12 @@ def _failure(error_type: str, message: str, num_inputs: int, duration_s: float =
 
 def _input_grid(grid: object, index: int) -> np.ndarray:
     array = np.asarray(grid)
-    if array.ndim != 2 or array.dtype.kind not in "iu":
-        raise ValueError(f"input {index} has shape {array.shape} and dtype {array.dtype}; expected a 2-D int grid")
+    if array.ndim != 2 or array.dtype.kind not in "iu" or not all(1 <= n <= 65535 for n in array.shape):
+        raise ValueError(f"input {index} has shape {array.shape} and dtype {array.dtype}; expected a 2-D int grid "
+                         "with sides of 1 to 65535")
     return np.array(array, dtype=np.int64)
+
+
 
 
 class _Slot:
@@ -67,23 +73,24 @@ class _Slot:
         self._process = subprocess.Popen(
             [sys.executable, _WORKER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
-        settings = {
-            "timeout_s": self._config.timeout_s,
-            "memory_limit_mb": self._config.memory_limit_mb,
-            "entry_point": self._config.entry_point,
-            "max_grid_side": self._config.max_grid_side,
-            "max_output_chars": self._config.max_output_chars,
-        }
-        protocol.write_message(self._process.stdin.fileno(), (self._common_path, settings))
+        settings = {name: kind(getattr(self._config, name)) for name, kind in protocol.SETTINGS.items()}
+        protocol.write_message(self._process.stdin.fileno(), protocol.SETUP,
+                               protocol.encode_setup(self._common_path, settings))
 
     def wait_ready(self) -> None:
         try:
             reply = protocol.read_message(self._process.stdout.fileno(), time.monotonic() + _STARTUP_TIMEOUT_S)
+            reason = "it exited (see its stderr)" if reply is None else None
         except TimeoutError:
-            reply = ("failed", f"no answer within {_STARTUP_TIMEOUT_S} s")
-        if reply is None or reply[0] != "ready":
+            reply, reason = None, f"no answer within {_STARTUP_TIMEOUT_S} s"
+        except protocol.MalformedMessage as e:
+            reply, reason = None, str(e)
+        if reply is not None and reply[0] == protocol.FAILED:
+            reason = reply[1].decode("utf-8", "replace")
+        elif reply is not None and (reply[0] != protocol.READY or len(reply[1]) != 4):
+            reason = f"it answered message kind {reply[0]} instead of READY"
+        if reason:
             self.stop(kill=True)
-            reason = "it exited (see its stderr)" if reply is None else reply[1]
             raise WorkerStartError(f"an execution worker failed to start: {reason}")
 
     def execute(self, code: str, inputs: list[np.ndarray]) -> ExecutionResult:
@@ -93,17 +100,34 @@ class _Slot:
         job_id = next(self._job_ids)
         start = time.monotonic()
         try:
-            protocol.write_message(self._process.stdin.fileno(), (job_id, code, inputs))
+            protocol.write_message(self._process.stdin.fileno(), protocol.JOB, protocol.encode_job(job_id, code, inputs))
             reply = protocol.read_message(self._process.stdout.fileno(), start + self._config.timeout_s + _REPLY_GRACE_S)
-            problem = "the worker process died" if reply is None else None
+            result = None if reply is None else self._decode(reply, job_id, len(inputs))
+            problem = "the worker process died"
         except TimeoutError:
-            reply, problem = None, "the worker process stopped answering"
+            result, problem = None, "the worker process stopped answering"
         except OSError as e:  # e.g. BrokenPipeError: the worker is gone
-            reply, problem = None, f"the worker process died ({e})"
-        if reply is None or reply[0] != job_id:
+            result, problem = None, f"the worker process died ({e})"
+        except protocol.MalformedMessage as e:
+            result, problem = None, f"the worker's reply is malformed ({e})"
+        if result is None:
             self.stop(kill=True)
-            return _failure(ErrorType.CRASH, problem or "the worker answered another job", len(inputs), time.monotonic() - start)
-        _, outputs, error_type, message, stdout, duration = reply
+            return _failure(ErrorType.CRASH, problem, len(inputs), time.monotonic() - start)
+        return result
+
+    def _decode(self, reply: tuple[int, bytes], job_id: int, num_inputs: int) -> ExecutionResult:
+        """The ExecutionResult in a worker's RESULT message for this job; MalformedMessage else."""
+        kind, payload = reply
+        if kind != protocol.RESULT:
+            raise protocol.MalformedMessage(f"message kind {kind} instead of RESULT")
+        answered, outputs, code, message, stdout, duration = protocol.decode_result(payload, self._config.max_grid_side)
+        if answered != job_id or len(outputs) != num_inputs:
+            raise protocol.MalformedMessage(f"answer to job {answered} with {len(outputs)} outputs, expected job {job_id} with {num_inputs}")
+        if code != protocol.NO_ERROR and code >= len(ErrorType.ALL):
+            raise protocol.MalformedMessage(f"unknown error code {code}")
+        error_type = None if code == protocol.NO_ERROR else ErrorType.ALL[code]
+        if error_type is None and any(grid is None for grid in outputs):
+            raise protocol.MalformedMessage("an output is missing but no error is given")
         outputs = tuple(None if grid is None else grid.astype(np.int64) for grid in outputs)
         return ExecutionResult(outputs, error_type, message, stdout, duration)
 
@@ -140,6 +164,9 @@ class ExecutionPool:
     def __init__(self, config: ExecutionConfig = ExecutionConfig()):
         if not seccomp.supported():
             raise OSError("ExecutionPool's sandbox needs Linux on x86-64")
+        # No program's process can open files, but if one ever could, it must not be able
+        # to read this process's memory, descriptors or environment through /proc.
+        seccomp.Sandbox().set_dumpable(False)
         common_path = config.common_path or _DEFAULT_COMMON
         if not os.path.isfile(common_path):
             raise FileNotFoundError(f"the DSL file {common_path} does not exist (ExecutionConfig.common_path)")

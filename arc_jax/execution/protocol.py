@@ -1,27 +1,51 @@
 """Wire formats between the pool, its workers and the programs' processes.
 
-Pool <-> worker: length-prefixed pickles. Both ends are our code.
+No pickle crosses a process boundary: a pickle is code, and a program that reached a pipe
+could shape it. Every message is fixed binary framing, checked field by field before use;
+bytes that break the format raise `MalformedMessage` / `MalformedFrame`, never run.
 
-Program's process -> worker: fixed-size binary frames, never pickles, since the
-program could write to the pipe itself and unpickling its bytes would run its
-code in the worker. Each frame is a 12-byte header (kind, error code, input
-index, rows, cols, payload length) and a payload: a grid as rows*cols bytes, or
-UTF-8 text. The worker checks every field before use.
+Pool <-> worker: messages of a 5-byte header (kind, payload length) and a payload:
+  SETUP   pool -> worker, once: JSON {"common_path": str, "settings": {...}}
+  READY   worker -> pool: u32 pid;  FAILED: UTF-8 text
+  JOB     pool -> worker: u64 job id, text code, u32 count, then per input grid:
+          u16 rows, u16 cols, rows*cols little-endian int64
+  RESULT  worker -> pool: u64 job id, f64 seconds, u8 error code (255 = none), u32 count,
+          per output: u8 present, and if present u16 rows, u16 cols, rows*cols bytes 0-9;
+          then text message, text stdout
+(text = u32 byte length + UTF-8). Error codes are indices into config.ErrorType.ALL.
 
-This module uses only the standard library: the worker imports it by file.
+Program's process -> worker: fixed-size binary frames: a 12-byte header (kind, error code,
+input index, rows, cols, payload length) and a payload: a grid as rows*cols bytes, or UTF-8
+text. The worker checks every field before use.
+
+This module uses only the standard library and numpy: the worker imports it by file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import select
 import struct
 import time
 
+import numpy as np
+
 # ---------------------------------------------------------------- pool <-> worker
 
-_LENGTH = struct.Struct("<Q")
+SETUP, READY, FAILED, JOB, RESULT = 1, 2, 3, 4, 5
+# The settings a worker gets in SETUP, with their types (checked on arrival).
+SETTINGS = {"timeout_s": float, "memory_limit_mb": int, "entry_point": str, "max_grid_side": int,
+            "max_output_chars": int}
+NO_ERROR = 255
+MAX_MESSAGE_BYTES = 1 << 30
+_HEADER = struct.Struct("<BI")
+_U8, _U16, _U32, _U64, _F64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<Q", "<d"))
+_GRID_SHAPE = struct.Struct("<HH")
+
+
+class MalformedMessage(ValueError):
+    """Bytes between the pool and a worker that do not follow the message format."""
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
@@ -42,23 +66,141 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
     return b"".join(chunks)
 
 
-def write_message(fd: int, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
+def write_message(fd: int, kind: int, payload: bytes) -> None:
+    view = memoryview(_HEADER.pack(kind, len(payload)) + payload)
     while view:
         view = view[os.write(fd, view):]
 
 
-def read_message(fd: int, deadline: float | None = None) -> object | None:
-    """The next message from fd, or None if the other end closed it.
+def read_message(fd: int, deadline: float | None = None) -> tuple[int, bytes] | None:
+    """The next (kind, payload) from fd, or None if the other end closed it.
 
     With a deadline (time.monotonic() value), raises TimeoutError when it passes.
     """
-    header = _read_exact(fd, _LENGTH.size, deadline)
+    header = _read_exact(fd, _HEADER.size, deadline)
     if header is None:
         return None
-    data = _read_exact(fd, _LENGTH.unpack(header)[0], deadline)
-    return None if data is None else pickle.loads(data)
+    kind, length = _HEADER.unpack(header)
+    if not SETUP <= kind <= RESULT or length > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"bad message header kind={kind} length={length}")
+    payload = _read_exact(fd, length, deadline)
+    return None if payload is None else (kind, payload)
+
+
+class _Writer:
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def put(self, fmt: struct.Struct, *values) -> _Writer:
+        self.parts.append(fmt.pack(*values))
+        return self
+
+    def text(self, value: str) -> _Writer:
+        data = value.encode("utf-8", "surrogatepass")
+        self.parts += [_U32.pack(len(data)), data]
+        return self
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Reader:
+    """Reads fields off a payload; any short read or leftover byte is a MalformedMessage."""
+
+    def __init__(self, payload: bytes, what: str):
+        self._data, self._at, self._what = memoryview(payload), 0, what
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self._data) - self._at:
+            raise MalformedMessage(f"{self._what} message ends early")
+        self._at += n
+        return self._data[self._at - n:self._at]
+
+    def get(self, fmt: struct.Struct):
+        return fmt.unpack(self.take(fmt.size))[0]
+
+    def text(self) -> str:
+        try:
+            return bytes(self.take(self.get(_U32))).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError as e:
+            raise MalformedMessage(f"{self._what} message holds bad text: {e}") from None
+
+    def grid_shape(self, max_side: int) -> tuple[int, int]:
+        rows, cols = _GRID_SHAPE.unpack(self.take(_GRID_SHAPE.size))
+        if not (1 <= rows <= max_side and 1 <= cols <= max_side):
+            raise MalformedMessage(f"{self._what} message has a {rows}x{cols} grid")
+        return rows, cols
+
+    def end(self) -> None:
+        if self._at != len(self._data):
+            raise MalformedMessage(f"{self._what} message has {len(self._data) - self._at} extra bytes")
+
+
+def encode_setup(common_path: str, settings: dict) -> bytes:
+    return json.dumps({"common_path": common_path, "settings": settings}).encode()
+
+
+def decode_setup(payload: bytes, fields: dict[str, type]) -> tuple[str, dict]:
+    """(common_path, settings); every field of `fields` present with its type, no other."""
+    try:
+        message = json.loads(payload)
+        common_path, settings = message["common_path"], message["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise MalformedMessage(f"bad setup message: {e}") from None
+    if not isinstance(common_path, str) or not isinstance(settings, dict) or set(settings) != set(fields):
+        raise MalformedMessage(f"bad setup message: expected settings {sorted(fields)}")
+    for name, kind in fields.items():
+        if not isinstance(settings[name], kind) or isinstance(settings[name], bool):
+            raise MalformedMessage(f"bad setup message: {name} is not {kind}")
+    return common_path, settings
+
+
+def encode_job(job_id: int, code: str, inputs: list[np.ndarray]) -> bytes:
+    out = _Writer().put(_U64, job_id).text(code).put(_U32, len(inputs))
+    for grid in inputs:
+        out.put(_GRID_SHAPE, *grid.shape).parts.append(np.ascontiguousarray(grid, "<i8").tobytes())
+    return out.bytes()
+
+
+def decode_job(payload: bytes, max_side: int = 65535) -> tuple[int, str, list[np.ndarray]]:
+    read = _Reader(payload, "job")
+    job_id, code, count = read.get(_U64), read.text(), read.get(_U32)
+    inputs = []
+    for _ in range(count):
+        rows, cols = read.grid_shape(max_side)
+        inputs.append(np.frombuffer(read.take(8 * rows * cols), "<i8").reshape(rows, cols).copy())
+    read.end()
+    return job_id, code, inputs
+
+
+def encode_result(job_id: int, outputs, error_code: int, message: str, stdout: str,
+                  duration_s: float) -> bytes:
+    out = _Writer().put(_U64, job_id).put(_F64, duration_s).put(_U8, error_code)
+    out.put(_U32, len(outputs))
+    for grid in outputs:
+        out.put(_U8, grid is not None)
+        if grid is not None:
+            out.put(_GRID_SHAPE, *grid.shape).parts.append(np.ascontiguousarray(grid, np.uint8).tobytes())
+    return out.text(message).text(stdout).bytes()
+
+
+def decode_result(payload: bytes, max_side: int):
+    """(job id, outputs, error code, message, stdout, seconds); grids are uint8 0-9."""
+    read = _Reader(payload, "result")
+    job_id, duration, error_code, count = read.get(_U64), read.get(_F64), read.get(_U8), read.get(_U32)
+    outputs = []
+    for _ in range(count):
+        if read.get(_U8) == 0:
+            outputs.append(None)
+            continue
+        rows, cols = read.grid_shape(max_side)
+        grid = np.frombuffer(read.take(rows * cols), np.uint8).reshape(rows, cols)
+        if grid.max() > 9:
+            raise MalformedMessage("result message has a grid value above 9")
+        outputs.append(grid)
+    message, stdout = read.text(), read.text()
+    read.end()
+    return job_id, tuple(outputs), error_code, message, stdout, duration
 
 
 # ---------------------------------------------------------------- program -> worker

@@ -4,40 +4,54 @@ ExecutionPool starts this file as a script, one process per pool slot. The
 worker imports numpy, scipy and the DSL (as module `common`) once, then serves
 jobs read from stdin, one at a time:
 
-1. fork a child: the child enters a new session, gets a private empty working
-   directory and resource limits, installs the seccomp filter (seccomp.py), seeds
-   `random` and `np.random` with 0, and runs the program on each input;
+1. fork a child: the child enters a new session, gives up root (uid/gid 65534) if the
+   worker has it, becomes non-dumpable, gets resource limits, installs the allowlist
+   seccomp filter (seccomp.py: it can open no file at all), seeds `random` and
+   `np.random` with 0, and runs the program on each input;
 2. read the child's result frames (protocol.py) until it is done, dies, or its
    wall-clock deadline passes;
 3. SIGKILL the child's process group (always), reap it, and reply on stdout.
 
 Because every program runs in a fresh fork, nothing it changes (numpy functions,
-`Color`, builtins, the recursion limit) reaches the next program.
+`Color`, builtins, the recursion limit) reaches the next program, and since it can
+create no file, directory or IPC object, nothing it does outlives it.
 
-Messages on stdin/stdout (length-prefixed pickles, see protocol.py):
-  pool -> worker: (common_path, settings dict), then jobs (job_id, code, inputs)
-  worker -> pool: ("ready", pid) or ("failed", message); then one reply per job:
-                  (job_id, outputs, error_type, error_message, stdout, duration_s)
+Messages on stdin/stdout are protocol.py's binary framing (no pickle):
+  pool -> worker: SETUP (DSL path, settings), then JOBs (job id, code, input grids)
+  worker -> pool: READY (pid) or FAILED (message); then one RESULT per job.
+A job that fails in the worker's own code is answered as a Crash; the worker goes on.
 """
 
 import builtins
 import gc
 import io
+import importlib
 import importlib.util
 import math
 import os
 import random
 import resource
 import select
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import typing
 
 import numpy as np
-import scipy.ndimage  # noqa: F401  (warm: the DSL imports it inside functions)
+
+# A program's process cannot open files, so the modules it may import are imported here,
+# once: the standard modules programs use, numpy's submodules, and what the DSL imports
+# inside its functions. Any other import fails in the program with ModuleNotFoundError.
+PRELOADED = (
+    "abc", "array", "bisect", "collections", "collections.abc", "colorsys", "copy", "dataclasses",
+    "decimal", "enum", "fractions", "functools", "heapq", "itertools", "json", "math", "numbers",
+    "operator", "queue", "random", "re", "statistics", "string", "struct", "textwrap", "threading",
+    "time", "types", "typing", "unicodedata", "warnings",
+    "numpy", "numpy.fft", "numpy.linalg", "numpy.ma", "numpy.polynomial", "numpy.random",
+    "scipy", "scipy.ndimage",
+)
+for _module in PRELOADED:
+    importlib.import_module(_module)
 
 # This file runs as a script, so its directory is sys.path[0]: import the
 # siblings from there, then hide them from the programs.
@@ -168,14 +182,16 @@ def _run_program(code: str, inputs: list, settings: dict, program_globals: dict)
         _send(protocol.frame(protocol.OUTPUT, index=index, rows=rows, cols=cols, payload=output.astype(np.uint8).tobytes()))
 
 
-def _enter_sandbox(sandbox: seccomp.Sandbox, result_fd: int, null_fd: int, workdir: str, settings: dict) -> _Capture:
+def _enter_sandbox(sandbox: seccomp.Sandbox, result_fd: int, null_fd: int, settings: dict) -> _Capture:
     """Confine this (child) process; return the sink that now receives its stdout/stderr."""
     os.setsid()  # own session and process group: the worker kills the whole group
     parent = os.getppid()
+    sandbox.drop_privileges()  # before the death signal, which a change of uid clears
+    sandbox.set_dumpable(False)
     sandbox.die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    os.chdir(workdir)
+    os.chdir("/")
     os.dup2(null_fd, 0)
     os.dup2(null_fd, 1)
     os.dup2(null_fd, 2)
@@ -195,9 +211,9 @@ def _enter_sandbox(sandbox: seccomp.Sandbox, result_fd: int, null_fd: int, workd
     return capture
 
 
-def _child_main(job: tuple, worker: "Worker", result_fd: int, workdir: str) -> None:
+def _child_main(job: tuple, worker: "Worker", result_fd: int) -> None:
     _, code, inputs = job
-    capture = _enter_sandbox(worker.sandbox, result_fd, worker.null_fd, workdir, worker.settings)
+    capture = _enter_sandbox(worker.sandbox, result_fd, worker.null_fd, worker.settings)
     _run_program(code, inputs, worker.settings, worker.program_globals)
     _send(protocol.frame(protocol.STDOUT, payload=capture.text().encode("utf-8", "replace")))
     _send(protocol.frame(protocol.DONE))
@@ -292,23 +308,19 @@ class Worker:
         self.program_globals = program_globals
         self.null_fd = null_fd
         self.sandbox = seccomp.Sandbox()
-        self._root = tempfile.mkdtemp(prefix="arc_jax_programs_")
-        self._count = 0
         # A frame's payload is a grid or a truncated text (up to 4 UTF-8 bytes a character, plus a note).
         self._max_payload = max(settings["max_grid_side"] ** 2, 4 * settings["max_output_chars"] + 200)
 
     def run(self, job: tuple) -> tuple:
+        """(job_id, outputs, error type, message, stdout, seconds) of one job."""
         job_id, _, inputs = job
-        self._count += 1
-        workdir = os.path.join(self._root, str(self._count))
-        os.mkdir(workdir)
         read_fd, write_fd = os.pipe()
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(read_fd)
-                _child_main(job, self, write_fd, workdir)
+                _child_main(job, self, write_fd)
             finally:
                 os._exit(0)
         os.close(write_fd)
@@ -325,7 +337,6 @@ class Worker:
             _kill_group(pid)
             _, status = os.waitpid(pid, 0)
             os.close(read_fd)
-            _remove_dir(workdir)
         duration = time.monotonic() - start
 
         error_type, message = collector.first_error()
@@ -339,15 +350,15 @@ class Worker:
             error_type, message = ErrorType.CRASH, "the program's process finished without all outputs"
         return (job_id, tuple(collector.outputs), error_type, message, collector.stdout, duration)
 
-    def close(self) -> None:
-        shutil.rmtree(self._root, ignore_errors=True)
-
-
-def _remove_dir(path: str) -> None:
-    try:
-        os.rmdir(path)  # the sandbox forbids writes, so it is normally still empty
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+    def answer(self, job: tuple) -> bytes:
+        """The RESULT payload for `job`; an error in the worker's own code is this job's Crash."""
+        try:
+            job_id, outputs, error_type, message, stdout, duration = self.run(job)
+        except Exception as e:  # noqa: BLE001 - whatever broke, only this job pays
+            job_id, outputs, stdout, duration = job[0], (None,) * len(job[2]), "", 0.0
+            error_type, message = ErrorType.CRASH, f"the worker failed to run the job: {_describe(e)}"
+        code = protocol.NO_ERROR if error_type is None else _CODES[error_type]
+        return protocol.encode_result(job_id, outputs, code, message, stdout, duration)
 
 
 def _kill_group(pid: int) -> None:
@@ -376,6 +387,8 @@ def _program_globals(common) -> dict:
     return names
 
 
+
+
 def _self_test(worker: Worker) -> str | None:
     """Run one trivial program through the full sandbox; return what went wrong, if anything."""
     grid = np.array([[1, 2], [3, 4]])
@@ -393,24 +406,29 @@ def main() -> None:
     os.dup2(null_fd, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides when workers stop
 
-    common_path, settings = protocol.read_message(proto_in)
+    def fail(message: str) -> None:
+        protocol.write_message(proto_out, protocol.FAILED, message.encode("utf-8", "replace"))
+
     try:
+        message = protocol.read_message(proto_in)
+        if message is None or message[0] != protocol.SETUP:
+            return fail("the first message is not SETUP")
+        common_path, settings = protocol.decode_setup(message[1], protocol.SETTINGS)
+        seccomp.Sandbox().set_dumpable(False)
         program_globals = _program_globals(_load_common(common_path))
     except BaseException as e:
-        protocol.write_message(proto_out, ("failed", f"cannot import the DSL {common_path}: {_describe(e)}"))
-        return
+        return fail(f"cannot set up the worker: {_describe(e)}")
     worker = Worker(settings, program_globals, null_fd)
     failure = _self_test(worker)
     if failure:
-        protocol.write_message(proto_out, ("failed", failure))
-        return
-    protocol.write_message(proto_out, ("ready", os.getpid()))
-    try:
-        gc.freeze()  # keep the collector from touching (and so copying) the warm heap in every child
-        while (job := protocol.read_message(proto_in)) is not None:
-            protocol.write_message(proto_out, worker.run(job))
-    finally:
-        worker.close()
+        return fail(failure)
+    protocol.write_message(proto_out, protocol.READY, os.getpid().to_bytes(4, "little"))
+    gc.freeze()  # keep the collector from touching (and so copying) the warm heap in every child
+    while (message := protocol.read_message(proto_in)) is not None:
+        if message[0] != protocol.JOB:
+            raise protocol.MalformedMessage(f"message kind {message[0]} instead of JOB")
+        job = protocol.decode_job(message[1])
+        protocol.write_message(proto_out, protocol.RESULT, worker.answer(job))
 
 
 if __name__ == "__main__":

@@ -55,15 +55,17 @@ class Rollout:
     stopped: jax.Array
 
 
-def prefill(model: Llama, tokens: jax.Array, lengths: jax.Array) -> tuple[PromptCache, jax.Array]:
+def prefill(model: Llama, tokens: jax.Array, lengths: jax.Array, adapters: bool = True
+            ) -> tuple[PromptCache, jax.Array]:
     """Runs right-padded prompts tokens [P, S] (real lengths [P]) through the model.
 
-    Returns their cache and the logits [P, V] at each prompt's last token.
+    Returns their cache and the logits [P, V] at each prompt's last token. adapters=False
+    runs the kernels alone (the sampler's merged weights).
     """
     p, s = tokens.shape
     valid = jnp.arange(s)[None, :] < lengths[:, None]  # [P, S]
     empty = KVCache.empty(model.config, p, s, model.numerics.compute_dtype)
-    h, cache = model.hidden_states(tokens, attention_mask=valid, cache=empty)  # h [P, S, D]
+    h, cache = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)  # h [P, S, D]
     last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [P, D]
     prompt_axes = (None, "act_seq", "act_heads", None)
     prompt = PromptCache(k=tuple(constrain(k, model.sharding, prompt_axes) for k in cache.k),
@@ -83,7 +85,7 @@ def empty_completion_cache(model: Llama, prompts: int, n: int, max_new_tokens: i
 
 
 def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: PromptCache,
-                own: CompletionCache) -> tuple[jax.Array, CompletionCache]:
+                own: CompletionCache, adapters: bool = True) -> tuple[jax.Array, CompletionCache]:
     """Feeds the step-th generated tokens [P, n]; returns next-token logits [P * n, V] and the
     completion cache with their keys and values written at slot `step`."""
     p, n = tokens.shape
@@ -102,7 +104,7 @@ def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: Prompt
                                                own_valid[None, :])  # [P, n, 1, N, H]
             return attended.reshape(p * n, 1, *attended.shape[3:]), (own_k, own_v)
 
-        x, (own_k, own_v) = block(x, positions, attend)
+        x, (own_k, own_v) = block(x, positions, attend, adapters)
         new_k.append(own_k)
         new_v.append(own_v)
     logits = model.logits(model.norm(x)[:, 0])
@@ -127,7 +129,8 @@ def row_keys(seed: jax.Array, prompt_ids: jax.Array, n: int) -> jax.Array:
 
 
 def decode(model: Llama, prompt: PromptCache, prompt_tokens: jax.Array, first_logits: jax.Array,
-           active: jax.Array, keys: jax.Array, *, n: int, sampling: SamplingParams) -> Rollout:
+           active: jax.Array, keys: jax.Array, *, n: int, sampling: SamplingParams,
+           adapters: bool = True) -> Rollout:
     """Samples up to sampling.max_new_tokens tokens for n samples of each prompt.
 
     first_logits [P, V]: from `prefill`. active [P]: False for padding prompts, whose samples
@@ -160,7 +163,7 @@ def decode(model: Llama, prompt: PromptCache, prompt_tokens: jax.Array, first_lo
         finished = finished | jnp.any(tokens[:, None] == stop_ids, axis=-1)
         if penalised:
             seen = seen.at[jnp.arange(b), tokens].set(True)
-        logits, own = decode_step(model, tokens.reshape(p, n), step, prompt, own)
+        logits, own = decode_step(model, tokens.reshape(p, n), step, prompt, own, adapters)
         return step + 1, logits, own, tokens_out, lp_out, tlp_out, finished, lengths, seen
 
     seen = (initial_seen(prompt_tokens, prompt.valid, model.config.vocab_size, n)

@@ -80,8 +80,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.top_k = 0
     config.min_p = 0.0
     config.repetition_penalty = 1.0
+    config.rollout = ml_collections.ConfigDict()
+    config.rollout.engine = "jax"  # the in-process JaxSampler (the vLLM sidecar comes next)
     config.sampler = ml_collections.ConfigDict()
     config.sampler.max_prompts_per_batch = 8
+    config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
 
     # Rewards and program execution.
     config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score" or "arc-v0"
@@ -180,6 +183,7 @@ _RULES = (
     ("min_p", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
+    ("rollout.engine", lambda v, c: v in ("jax",), "'jax'"),
     ("execution.timeout_s", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("execution.memory_limit_mb", lambda v, c: _integer(v) and v >= 64, "an integer >= 64"),
     ("execution.num_workers", lambda v, c: _integer(v) and v >= 0,

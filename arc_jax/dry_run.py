@@ -1,7 +1,8 @@
 """`config.mode = "dry_run"`: load the dataset, augment and render prompts, report lengths.
 
 It runs every step of a GRPO step's data path that needs no model (tasks -> augmentation
--> prompts -> token counts -> over-budget skips), so a config can be checked before a run.
+-> prompts -> token counts -> over-budget skips) with the run's own task stream and prompt
+seeds, so the prompts it shows are the first ones the run will draw.
 """
 
 from __future__ import annotations
@@ -10,51 +11,50 @@ import numpy as np
 import ml_collections
 
 from arc_jax import data
+from arc_jax import episode
 from arc_jax import prompts
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-    """Prints a summary and the first prompts; returns the summary as a dict."""
+    """Prints a summary and the first prompts the run will draw; returns the summary."""
     tasks = data.load_tasks(config.dataset)
-    rng = np.random.default_rng(config.seed)
-    task_ids = sorted(tasks)
-    chosen = [task_ids[i] for i in rng.permutation(len(task_ids))[: config.preview.num_tasks]]
-
+    if config.max_tasks > 0:
+        tasks = dict(sorted(tasks.items())[: config.max_tasks])
     tokenizer = _load_tokenizer(config)
     unit = "tokens" if tokenizer is not None else "characters"
     budget = config.max_seq_length - config.max_completion_length
-    prompt_config = prompts.PromptConfig(style=config.prompt.style,
-                                         prefill_assistant=config.prompt.prefill_assistant)
+    stream = episode.task_stream(config, tasks)
+    maker = episode.PromptMaker(config, tokenizer, budget)
 
-    lengths, skipped = [], []
-    for step, task_id in enumerate(chosen):
-        task = tasks[task_id]
-        if config.augment.enabled:
-            augmentation = data.Augmentation.sample(
-                rng, change_background_probability=config.augment.change_background_probability
-            )
-            task = augmentation.apply_task(task)
-        text = prompts.render_prompt(task, prompt_config, tokenizer=tokenizer, seed=config.seed + step)
+    lengths, skipped, drawn = [], [], []
+    for _ in range(config.preview.num_tasks):
+        draw = stream.next()
+        text = maker.render(draw.task, maker.seed(draw))
         length = prompts.prompt_num_tokens(tokenizer, text) if tokenizer is not None else len(text)
-        if tokenizer is not None and length > budget:
-            skipped.append(task_id)
+        if not maker.fits(length):
+            skipped.append(draw.task.id)
             continue
+        drawn.append(draw.task.id)
         lengths.append(length)
-        if step < config.preview.show_prompts:
-            print(f"--- prompt for task {task_id} ({length} {unit}) ---\n{text}\n")
+        if len(drawn) <= config.preview.show_prompts:
+            print(f"--- prompt {len(drawn)} of the run: task {draw.task.id} ({length} {unit}) ---"
+                  f"\n{text}\n")
 
     summary = {
         "dataset": config.dataset,
         "num_tasks_in_dataset": len(tasks),
-        "num_prompts": len(chosen),
+        "num_prompts": len(drawn) + len(skipped),
+        "drawn_task_ids": drawn,
         "num_skipped_over_budget": len(skipped),
         "length_unit": unit,
         "length_min": min(lengths, default=0),
         "length_mean": float(np.mean(lengths)) if lengths else 0.0,
         "length_max": max(lengths, default=0),
     }
-    print(f"dry run: {len(tasks)} tasks in {config.dataset}; rendered {len(chosen)} "
-          f"{config.prompt.style} prompts")
+    print(f"dry run: {len(tasks)} tasks in {config.dataset}; rendered the run's first "
+          f"{summary['num_prompts']} {config.prompt.style} prompts")
+    if config.task_filter:
+        print(f"task_filter={config.task_filter!r} needs the policy and is not applied here")
     print(f"prompt length ({unit}): min {summary['length_min']}, "
           f"mean {summary['length_mean']:.0f}, max {summary['length_max']}")
     if tokenizer is None:

@@ -85,7 +85,7 @@ def test_dry_run_mode_renders_prompts():
     result = _launch("--config=configs/demo.py:smoke", "--config.mode=dry_run",
                      "--config.prompt.style=barc", "--config.prompt.prefill_assistant=False")
     assert result.returncode == 0, result.stderr
-    assert "dry run: 400 tasks in arc-agi-1/training; rendered 4 barc prompts" in result.stdout
+    assert "dry run: 400 tasks in arc-agi-1/training; rendered the run's first 4 barc prompts" in result.stdout
     # The shown prompt is a full Llama-3.1 chat prompt in the barc layout.
     assert "<|begin_of_text|><|start_header_id|>system<|end_header_id|>" in result.stdout
     assert "Here is the input grid for the test example:\nInput:\n" in result.stdout
@@ -118,6 +118,27 @@ def test_dry_run_skips_prompts_over_the_token_budget(budget, expected_skipped):
     assert summary["length_unit"] == "tokens"
     assert summary["num_prompts"] == 4
     assert summary["num_skipped_over_budget"] == expected_skipped
+
+
+def test_dry_run_shows_the_prompts_the_run_draws():
+    # The trainer's draws: its task stream and prompt maker (episode.task_stream, PromptMaker).
+    import transformers
+
+    from arc_jax import data, episode
+
+    config = demo.get_config("smoke")
+    config.preview.tokenizer_path = _llama3_tokenizer_dir()
+    config.prompt.style = "arc25"
+    config.preview.num_tasks, config.preview.show_prompts = 6, 0
+    config.max_seq_length, config.max_completion_length = 9700, 1024
+    summary = dry_run.run(config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_llama3_tokenizer_dir())
+    maker = episode.PromptMaker(config, tokenizer, config.max_seq_length - config.max_completion_length)
+    stream = episode.task_stream(config, data.load_tasks(config.dataset))
+    draws, _, skipped = maker.next_prompts(stream, len(summary["drawn_task_ids"]))
+    assert [d.task.id for d in draws] == summary["drawn_task_ids"]
+    assert skipped <= summary["num_skipped_over_budget"]  # (the dry run also counts later skips)
+    assert len(set(summary["drawn_task_ids"])) > 1
 
 
 # The bad settings a user has typed, each with the message's start.

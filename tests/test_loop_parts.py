@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from arc_jax import episode, session
 from arc_jax.config import default_config
 from arc_jax.rollout import Completion, PromptBuckets
 from arc_jax.train import grpo
@@ -13,9 +14,7 @@ PAD, EOT = 0, 9
 
 class _Record:
     def __init__(self, reward, parsed=True, valid=True, solved=False):
-        self.reward, self.parsed, self.valid = reward, parsed, valid
-        self.train = type("Grade", (), {"is_correct": solved})()
-        self.test = None
+        self.reward, self.parsed, self.valid, self.solved = reward, parsed, valid, solved
 
 
 def _completion(tokens, finished=True):
@@ -25,9 +24,9 @@ def _completion(tokens, finished=True):
 
 def _groups():
     return [
-        loop.Group(None, [1, 2, 3], [_completion([5, EOT]), _completion([6, 7, 8], finished=False)],
+        episode.Group(None, [1, 2, 3], [_completion([5, EOT]), _completion([6, 7, 8], finished=False)],
                    [_Record(10.0, solved=True), _Record(0.0, valid=False)]),
-        loop.Group(None, [1, 2], [_completion([4, 4, EOT]), _completion([EOT])],
+        episode.Group(None, [1, 2], [_completion([4, 4, EOT]), _completion([EOT])],
                    [_Record(2.0), _Record(2.0)]),
     ]
 
@@ -85,28 +84,28 @@ def test_step_plan_follows_trl_batch_arithmetic():
 
 def test_mesh_shape_is_checked():
     config = default_config()
-    assert loop.make_mesh(config).shape == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert session.make_mesh(config).shape == {"data": 1, "fsdp": 1, "tensor": 1}
     config.mesh.data = 2
     with pytest.raises(ValueError, match=r"1 devices do not split into axes of 2"):
-        loop.make_mesh(config)
+        session.make_mesh(config)
     config.mesh.fsdp = 1
     with pytest.raises(ValueError, match=r"needs 2 devices, found 1"):
-        loop.make_mesh(config)
+        session.make_mesh(config)
 
 
 def test_numerics_from_config():
     config = default_config()
-    numerics = loop.numerics(config)  # CPU: "auto" is XLA's attention
+    numerics = session.numerics(config)  # CPU: "auto" is XLA's attention
     assert (numerics.attention_impl, numerics.remat_policy) == ("xla", "nothing_saveable")
     config.remat_policy = ""
-    assert loop.numerics(config).remat_policy is None
+    assert session.numerics(config).remat_policy is None
     config.remat_policy = "save_everything_please"
     with pytest.raises(ValueError, match="config.remat_policy='save_everything_please'"):
-        loop.numerics(config)
+        session.numerics(config)
     config.remat_policy = ""
     config.attention_impl = "flash"
     with pytest.raises(ValueError, match="config.attention_impl='flash'"):
-        loop.numerics(config)
+        session.numerics(config)
 
 
 def test_one_bucket_pads_every_admitted_prompt_to_the_longest():

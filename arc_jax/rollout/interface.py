@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
-# Llama-3.1's <|end_of_text|> and <|eot_id|>; the BARC model ends its answer with <|eot_id|>.
-LLAMA3_STOP_TOKEN_IDS = (128001, 128009)
+# Llama-3.1's <|eot_id|> (the BARC model ends its answer with it) and <|end_of_text|>, in the
+# order of `prompts.stop_token_ids`, which derives them from the tokenizer for real runs.
+LLAMA3_STOP_TOKEN_IDS = (128009, 128001)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,8 +62,7 @@ def main() -> None:
             for record in score_completions(pool, [c.text for c in group], tasks[task_id]):
                 counts["parsed"] += record.parsed
                 counts["valid"] += record.valid
-                counts["solved"] += record.valid and record.train.is_correct and bool(
-                    record.test and record.test.is_correct)
+                counts["solved"] += record.solved
     total = len(ids) * args.samples
     print(f"{len(ids)} demo tasks x {args.samples} samples: "
           + ", ".join(f"{key} {counts[key] / total:.1%}" for key in ("parsed", "valid", "solved")))

@@ -31,12 +31,12 @@ from flax import nnx
 
 from arc_jax import data
 from arc_jax import prompts
-from arc_jax import rewards
-from arc_jax.execution import ExecutionConfig, ExecutionPool
-from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
-from arc_jax.rollout import (
-    Completion, JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig, SamplingParams,
-)
+from arc_jax import session
+from arc_jax import episode
+from arc_jax.episode import Group, PromptMaker, sample_and_score
+from arc_jax.execution import ExecutionPool
+from arc_jax.model import LoraParam
+from arc_jax.rollout import PromptBuckets, RolloutEngine, SamplingParams
 from arc_jax.rollout.memory import free_device_bytes
 from arc_jax.train import grpo
 from arc_jax.train import report
@@ -46,7 +46,7 @@ from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
 from arc_jax.train.optim import OptimizerConfig
-from arc_jax.train.task_stream import Draw, TaskStream
+from arc_jax.train.task_stream import Draw
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
 
@@ -75,20 +75,6 @@ def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
         total_steps=total_steps,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-    )
-
-
-def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...],
-                    seed: int) -> SamplingParams:
-    return SamplingParams(
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        min_p=config.min_p,
-        repetition_penalty=config.repetition_penalty,
-        max_new_tokens=config.max_completion_length,
-        stop_token_ids=stop_ids,
-        seed=seed,
     )
 
 
@@ -129,133 +115,7 @@ def step_plan(config: ml_collections.ConfigDict, num_tasks: int) -> StepPlan:
                     config.gradient_accumulation_steps, max_prompt)
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
-    shape = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
-    devices = jax.device_count()
-    if shape.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {shape}")
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        if devices % known:
-            raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor): {devices} "
-                             f"devices do not split into axes of {known} and the rest")
-        shape[shape.index(-1)] = devices // known
-    if math.prod(shape) != devices:
-        raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
-                         f"{math.prod(shape)} devices, found {devices}")
-    # A plain Mesh: its axes are "auto", so XLA places what the model's annotations leave open.
-    return jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), ("data", "fsdp", "tensor"))
-
-
-# ----------------------------------------------------------------------------- the policy
-
-
-def resolve_model_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
-    """config.model_path, or the cached toy policy (built on first use) for "toy"."""
-    if config.model_path != "toy":
-        path = pathlib.Path(config.model_path)
-        if not config.model_path or not (path / "config.json").is_file():
-            raise FileNotFoundError(f"config.model_path={config.model_path!r}: no config.json "
-                                    "there; expected a Hugging Face checkpoint folder")
-        return str(path)
-    from arc_jax import toy  # only the demo needs it
-
-    return toy.build_toy_policy(workdir / "toy_policy", toy_policy_config(config), seed=config.seed)
-
-
-def toy_policy_config(config: ml_collections.ConfigDict):
-    """The demo's `ToyPolicyConfig`: its defaults with the knobs that `config.toy` exposes."""
-    from arc_jax import toy
-
-    base = toy.ToyPolicyConfig()
-    return dataclasses.replace(
-        base, num_synthetic_tasks=config.toy.num_synthetic_tasks,
-        max_prompt_tokens=config.max_seq_length - config.max_completion_length,
-        sft=dataclasses.replace(base.sft, steps=config.toy.sft_steps))
-
-
-def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data.Task]:
-    tasks = data.load_tasks(config.dataset)
-    if config.task_filter == "toy_solvable":
-        from arc_jax import toy
-
-        tasks = toy.demo_tasks(tasks, tokenizer, toy_policy_config(config))
-    elif config.task_filter:
-        raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")
-    if config.max_tasks > 0:
-        tasks = dict(sorted(tasks.items())[: config.max_tasks])
-    if not tasks:
-        raise ValueError(f"no tasks left from {config.dataset} after task_filter="
-                         f"{config.task_filter!r}")
-    return tasks
-
-
 # ----------------------------------------------------------------------------- one step
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """One prompt of a step with its G completions and their scored records."""
-
-    draw: Draw
-    prompt_ids: list[int]
-    completions: list[Completion]
-    records: list[rewards.CompletionRecord]
-
-
-class PromptMaker:
-    """Renders and encodes the prompt of a draw; skips (and counts) over-long ones."""
-
-    def __init__(self, config: ml_collections.ConfigDict, tokenizer, max_prompt_length: int):
-        self._prompt_config = prompts.PromptConfig(
-            style=config.prompt.style, prefill_assistant=config.prompt.prefill_assistant)
-        self._tokenizer = tokenizer
-        self._seed = config.seed
-        self.max_prompt_length = max_prompt_length
-
-    def __call__(self, task: data.Task, seed: int) -> list[int]:
-        text = prompts.render_prompt(task, self._prompt_config, tokenizer=self._tokenizer,
-                                     seed=seed)
-        return prompts.encode_prompt(self._tokenizer, text)
-
-    def next_prompts(self, stream: TaskStream, count: int) -> tuple[list[Draw], list[list[int]], int]:
-        """`count` draws whose prompts fit, and how many draws were skipped on the way."""
-        draws, ids, skipped = [], [], 0
-        while len(draws) < count:
-            draw = stream.next()
-            prompt = self(draw.task, seed=self._seed * 1_000_003 + draw.index)
-            if len(prompt) > self.max_prompt_length:
-                skipped += 1
-                if skipped > len(stream):
-                    raise ValueError(f"every prompt is longer than max_prompt_length="
-                                     f"{self.max_prompt_length} tokens; raise max_seq_length")
-                continue
-            draws.append(draw)
-            ids.append(prompt)
-        return draws, ids, skipped
-
-
-def sample_and_score(engine: RolloutEngine, pool: ExecutionPool, draws: Sequence[Draw],
-                     prompt_ids: Sequence[list[int]], n: int, sampling: SamplingParams,
-                     scheme: str, chunk: int) -> tuple[list[Group], float, float]:
-    """Samples n completions per prompt and scores them; returns groups and the two timings.
-
-    The prompts go to the engine `chunk` at a time, and each chunk's programs are submitted to
-    the pool before the next chunk is sampled, so execution overlaps sampling.
-    """
-    pending, sampled, rollout_s = [], [], 0.0
-    for start in range(0, len(draws), chunk):
-        begin = time.perf_counter()
-        groups = engine.generate(prompt_ids[start:start + chunk], n, sampling)
-        rollout_s += time.perf_counter() - begin
-        for draw, completions in zip(draws[start:start + chunk], groups):
-            sampled.append(completions)
-            pending.append([rewards.submit_completion(pool, c.text, draw.task) for c in completions])
-    begin = time.perf_counter()
-    result = [Group(draw, list(ids), completions, [p.record(scheme) for p in group])
-              for draw, ids, completions, group in zip(draws, prompt_ids, sampled, pending)]
-    return result, rollout_s, time.perf_counter() - begin
 
 
 def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
@@ -302,7 +162,7 @@ def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]
     return {
         "reward/mean": float(values.mean()), "reward/std": float(values.std()),
         "reward/min": float(values.min()), "reward/max": float(values.max()),
-        "solved_ratio": float(np.mean([solved(r) for r in records])),
+        "solved_ratio": float(np.mean([r.solved for r in records])),
         "valid_code_ratio": float(np.mean([r.parsed for r in records])),
         "valid_outputs_ratio": float(np.mean([r.valid for r in records])),
         "completions/mean_length": float(lengths.mean()),
@@ -321,11 +181,6 @@ def device_memory_metrics() -> dict[str, float]:
             "memory/in_use_gib": stats.get("bytes_in_use", 0) / 2**30}
 
 
-def solved(record: rewards.CompletionRecord) -> bool:
-    """Every train grid right, and every test grid right where the test outputs are known."""
-    return record.valid and record.train.is_correct and (record.test is None or record.test.is_correct)
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -337,7 +192,7 @@ def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptM
     draws = [Draw(i, 0, tasks[task_id], data.Augmentation.identity()) for i, task_id in enumerate(ids)]
     prompt_ids = [make_prompt(d.task, seed=d.index) for d in draws]
     groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk)
-    per_task = {g.draw.task.id: float(np.mean([solved(r) for r in g.records])) for g in groups}
+    per_task = {g.draw.task.id: float(np.mean([r.solved for r in g.records])) for g in groups}
     return {
         "samples_per_task": n,
         "sample_solve_rate": float(np.mean(list(per_task.values()))),
@@ -362,24 +217,14 @@ def run(config: ml_collections.ConfigDict) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if config.compilation_cache:
         use_persistent_cache(workdir / "jax_cache")
-    mesh = make_mesh(config)
-    model_path = resolve_model_path(config, workdir)
-
-    import transformers  # heavy; only when training
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
-    tasks = select_tasks(config, tokenizer)
+    mesh = session.make_mesh(config)
+    model_path = session.resolve_model_path(config, workdir)
+    tokenizer = session.tokenizer(model_path)
+    tasks = session.select_tasks(config, tokenizer)
     plan = step_plan(config, len(tasks))
     print(f"step plan: {plan.describe()}")
-    lora = LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                      use_rslora=config.lora.use_rslora,
-                      target_modules=tuple(config.lora.target_modules))
-    model = from_pretrained(model_path, dtype=_dtype(config.dtype), lora=lora, mesh=mesh,
-                            numerics=numerics(config), seed=config.seed)
-    execution = ExecutionConfig(num_workers=config.execution.num_workers,
-                                timeout_s=config.execution.timeout_s,
-                                memory_limit_mb=config.execution.memory_limit_mb,
-                                common_path=config.execution.common_path or None)
+    model = session.load_policy(config, model_path, mesh)
+    execution = session.execution_config(config)
     with ExecutionPool(execution) as pool, CompileCounter() as compiles, \
             Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
             MetricsLogger(workdir, tensorboard=config.tensorboard,
@@ -401,29 +246,6 @@ def _dry_run(config: ml_collections.ConfigDict) -> dict:
     return {"plan": dataclasses.asdict(plan), "preview": summary}
 
 
-def numerics(config: ml_collections.ConfigDict) -> Numerics:
-    """Remat and attention kernel of the policy: `attention_impl="auto"` takes cuDNN's fused
-    attention on a GPU in bfloat16 (it needs 16-bit inputs), else XLA's (blockwise in the
-    update)."""
-    impl = config.attention_impl
-    if impl == "auto":
-        gpu = jax.default_backend() == "gpu" and config.dtype == "bfloat16"
-        impl = "cudnn" if gpu else "xla"
-    if impl not in ("xla", "cudnn"):
-        raise ValueError(f"config.attention_impl={impl!r}: expected 'auto', 'xla' or 'cudnn'")
-    remat = config.remat_policy or None
-    if remat is not None and not hasattr(jax.checkpoint_policies, remat):
-        raise ValueError(f"config.remat_policy={remat!r} is not a jax.checkpoint_policies name "
-                         "(e.g. 'nothing_saveable'; '' turns rematerialisation off)")
-    return Numerics(attention_impl=impl, remat_policy=remat)
-
-
-def _dtype(name: str):
-    import jax.numpy as jnp
-
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
 class _Trainer:
     """The state of one run and its steps; `run()` trains, evaluates and reports."""
 
@@ -436,12 +258,9 @@ class _Trainer:
         self.loss = loss_config(config)
         self.buckets = PromptBuckets(bits=config.prompt_bucket_bits,
                                      maximum=plan.max_prompt_length)
-        self.sampler = JaxSampler(model, tokenizer, SamplerConfig(
-            max_prompts_per_batch=config.sampler.max_prompts_per_batch, buckets=self.buckets,
-            seed=config.seed))
+        self.sampler = session.make_engine(config, model, tokenizer, self.buckets)
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
-        self.stream = TaskStream(tasks, seed=config.seed, augment=config.augment.enabled,
-                                 change_background_probability=config.augment.change_background_probability)
+        self.stream = episode.task_stream(config, tasks)
         self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
         self.eos_ids = prompts.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -500,7 +319,7 @@ class _Trainer:
         step_begin = time.perf_counter()
         draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
         self.skipped_prompts += skipped
-        sampling = sampling_params(config, self.eos_ids, seed=config.seed * 1_000_003 + step)
+        sampling = session.sampling_params(config, self.eos_ids, seed=config.seed * 1_000_003 + step)
         groups, rollout_s, reward_s = sample_and_score(
             self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
             config.reward_name, config.sampler.max_prompts_per_batch)
@@ -547,7 +366,7 @@ class _Trainer:
         path = self.workdir / f"eval_{name}.json"
         if path.exists():
             return json.loads(path.read_text())
-        sampling = sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
+        sampling = session.sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
         result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
                              self.config.eval.num_samples, sampling, self.config.reward_name,
                              self.config.sampler.max_prompts_per_batch)

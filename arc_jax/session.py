@@ -1,0 +1,156 @@
+"""What every mode builds from a config: mesh, tokenizer, policy, tasks, rollout engine,
+sampling settings and execution pool.
+
+Training (`arc_jax.train.loop`), evaluation (`arc_jax.eval`) and the dry run all start here,
+so that the tasks, prompts and engine of each mode come from one definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from arc_jax import data
+from arc_jax.execution import ExecutionConfig
+from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
+from arc_jax.rollout import JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig, SamplingParams
+
+ENGINES = ("jax",)  # config.rollout.engine; the vLLM sidecar comes next
+
+
+def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...],
+                    seed: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        min_p=config.min_p,
+        repetition_penalty=config.repetition_penalty,
+        max_new_tokens=config.max_completion_length,
+        stop_token_ids=stop_ids,
+        seed=seed,
+    )
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
+    shape = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+    devices = jax.device_count()
+    if shape.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {shape}")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if devices % known:
+            raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor): {devices} "
+                             f"devices do not split into axes of {known} and the rest")
+        shape[shape.index(-1)] = devices // known
+    if math.prod(shape) != devices:
+        raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
+                         f"{math.prod(shape)} devices, found {devices}")
+    # A plain Mesh: its axes are "auto", so XLA places what the model's annotations leave open.
+    return jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+def resolve_model_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
+    """config.model_path, or the cached toy policy (built on first use) for "toy"."""
+    if config.model_path != "toy":
+        path = pathlib.Path(config.model_path)
+        if not config.model_path or not (path / "config.json").is_file():
+            raise FileNotFoundError(f"config.model_path={config.model_path!r}: no config.json "
+                                    "there; expected a Hugging Face checkpoint folder")
+        return str(path)
+    from arc_jax import toy  # only the demo needs it
+
+    return toy.build_toy_policy(workdir / "toy_policy", toy_policy_config(config), seed=config.seed)
+
+
+def toy_policy_config(config: ml_collections.ConfigDict):
+    """The demo's `ToyPolicyConfig`: its defaults with the knobs that `config.toy` exposes."""
+    from arc_jax import toy
+
+    base = toy.ToyPolicyConfig()
+    return dataclasses.replace(
+        base, num_synthetic_tasks=config.toy.num_synthetic_tasks,
+        max_prompt_tokens=config.max_seq_length - config.max_completion_length,
+        sft=dataclasses.replace(base.sft, steps=config.toy.sft_steps))
+
+
+def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data.Task]:
+    tasks = data.load_tasks(config.dataset)
+    if config.task_filter == "toy_solvable":
+        from arc_jax import toy
+
+        tasks = toy.demo_tasks(tasks, tokenizer, toy_policy_config(config))
+    elif config.task_filter:
+        raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")
+    if config.max_tasks > 0:
+        tasks = dict(sorted(tasks.items())[: config.max_tasks])
+    if not tasks:
+        raise ValueError(f"no tasks left from {config.dataset} after task_filter="
+                         f"{config.task_filter!r}")
+    return tasks
+
+
+def numerics(config: ml_collections.ConfigDict) -> Numerics:
+    """Remat and attention kernel of the policy: `attention_impl="auto"` takes cuDNN's fused
+    attention on a GPU in bfloat16 (it needs 16-bit inputs), else XLA's (blockwise in the
+    update)."""
+    impl = config.attention_impl
+    if impl == "auto":
+        gpu = jax.default_backend() == "gpu" and config.dtype == "bfloat16"
+        impl = "cudnn" if gpu else "xla"
+    if impl not in ("xla", "cudnn"):
+        raise ValueError(f"config.attention_impl={impl!r}: expected 'auto', 'xla' or 'cudnn'")
+    remat = config.remat_policy or None
+    if remat is not None and not hasattr(jax.checkpoint_policies, remat):
+        raise ValueError(f"config.remat_policy={remat!r} is not a jax.checkpoint_policies name "
+                         "(e.g. 'nothing_saveable'; '' turns rematerialisation off)")
+    return Numerics(attention_impl=impl, remat_policy=remat)
+
+
+def dtype(name: str):
+    """The jnp dtype named by config.dtype."""
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def tokenizer(model_path: str):
+    import transformers  # heavy; only when a mode needs the policy's tokenizer
+
+    return transformers.AutoTokenizer.from_pretrained(model_path)
+
+
+def lora_config(config: ml_collections.ConfigDict) -> LoraConfig:
+    return LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                      use_rslora=config.lora.use_rslora,
+                      target_modules=tuple(config.lora.target_modules))
+
+
+def load_policy(config: ml_collections.ConfigDict, model_path: str,
+                mesh: jax.sharding.Mesh) -> Llama:
+    """The base model with (fresh) LoRA adapters, placed on the mesh."""
+    return from_pretrained(model_path, dtype=dtype(config.dtype), lora=lora_config(config),
+                           mesh=mesh, numerics=numerics(config), seed=config.seed)
+
+
+def execution_config(config: ml_collections.ConfigDict) -> ExecutionConfig:
+    return ExecutionConfig(num_workers=config.execution.num_workers,
+                           timeout_s=config.execution.timeout_s,
+                           memory_limit_mb=config.execution.memory_limit_mb,
+                           common_path=config.execution.common_path or None)
+
+
+def make_engine(config: ml_collections.ConfigDict, model: Llama, tokenizer,
+                buckets: PromptBuckets) -> RolloutEngine:
+    """The rollout engine `config.rollout.engine` names, sampling from `model`."""
+    if config.rollout.engine != "jax":
+        raise ValueError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "
+                         f"{list(ENGINES)}")
+    return JaxSampler(model, tokenizer, SamplerConfig(
+        max_prompts_per_batch=config.sampler.max_prompts_per_batch, buckets=buckets,
+        seed=config.seed, merge_lora=config.sampler.merge_lora))

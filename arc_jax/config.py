@@ -125,6 +125,16 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 0
 
+    # Evaluation (mode "eval"): the policies and predictions of `arc_jax.eval`.
+    config.checkpoint = ""  # a training workdir, its checkpoints folder or a PEFT adapter folder
+    config.eval.baseline = True  # also evaluate the base model (no adapter), first
+    config.eval.step = 0  # checkpoint step to load; 0 = the newest that restores
+    config.eval.n_predictions = 8  # per task, over all rounds
+    config.eval.rounds = 2  # round 0 as it is, the others with a fresh augmentation each
+    config.eval.output_dir = "workdir/eval"
+    config.eval.num_pictures = 2  # PNGs of the first tasks, per policy
+    config.eval.show_tasks = True  # per-task rows in the printed table
+
     # dry_run: how many prompts to render and show.
     config.preview = ml_collections.ConfigDict()
     config.preview.num_tasks = 16
@@ -184,6 +194,11 @@ _RULES = (
     ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
     ("rollout.engine", lambda v, c: v in ("jax",), "'jax'"),
+    ("eval.rounds", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("eval.n_predictions", lambda v, c: _integer(v) and v >= 1 and _integer(c.eval.rounds)
+     and c.eval.rounds >= 1 and v % c.eval.rounds == 0, "a positive multiple of eval.rounds"),
+    ("eval.step", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+    ("eval.num_pictures", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("execution.timeout_s", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("execution.memory_limit_mb", lambda v, c: _integer(v) and v >= 64, "an integer >= 64"),
     ("execution.num_workers", lambda v, c: _integer(v) and v >= 0,

@@ -19,9 +19,36 @@ import numpy as np
 from arc_jax import data
 from arc_jax.execution import ExecutionConfig
 from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
+from arc_jax.train import grpo
+from arc_jax.train.optim import OptimizerConfig
 from arc_jax.rollout import JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig, SamplingParams
 
 ENGINES = ("jax",)  # config.rollout.engine; the vLLM sidecar comes next
+
+
+def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
+    return grpo.GRPOLossConfig(
+        loss_type=config.loss_type,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        scale_rewards=config.scale_rewards,
+        mask_truncated_completions=config.mask_truncated_completions,
+        max_completion_length=config.max_completion_length,
+        importance_sampling_correction=config.importance_sampling_correction,
+    )
+
+
+def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
+                     lr_scale: float = 1.0) -> OptimizerConfig:
+    return OptimizerConfig(
+        learning_rate=config.learning_rate * lr_scale,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_ratio=config.warmup_ratio,
+        total_steps=total_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+    )
 
 
 def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...],

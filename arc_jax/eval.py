@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from arc_jax import data, episode, prompts, rewards, session, submission
+from arc_jax.config import ConfigError
 from arc_jax.execution import ExecutionPool
 from arc_jax.model.checkpoint import load_peft_adapter
 from arc_jax.rollout import PromptBuckets
@@ -46,14 +47,13 @@ def policy_name(config: ml_collections.ConfigDict) -> str:
 
 def run(config: ml_collections.ConfigDict) -> dict:
     e = config.eval
-    if e.n_predictions % e.rounds:
-        raise ValueError(f"config.eval.n_predictions={e.n_predictions} must be a multiple of "
-                         f"config.eval.rounds={e.rounds}")
     if not (e.baseline or config.checkpoint):
-        raise ValueError("nothing to evaluate: set config.checkpoint or config.eval.baseline=True")
+        raise ConfigError("nothing to evaluate: set config.checkpoint or config.eval.baseline=True")
     if config.dry_run:
         print(plan(config, len(data.load_tasks(config.dataset))))
         return {}
+    if config.checkpoint and not pathlib.Path(config.checkpoint).exists():
+        raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r} does not exist")
     out = pathlib.Path(e.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = session.resolve_model_path(config, pathlib.Path(config.workdir))

@@ -16,7 +16,9 @@ from ml_collections import config_flags
 
 from arc_jax.config import ConfigError, validate
 from arc_jax.data.types import TaskFormatError
+from arc_jax.model.checkpoint import CheckpointError as ModelCheckpointError
 from arc_jax.rollout.memory import RolloutMemoryError
+from arc_jax.train.checkpoint import CheckpointError as TrainCheckpointError
 from arc_jax.train.memory import UpdateMemoryError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,7 +67,7 @@ def main(argv):
         validate(config)
         run(config)
     except (ConfigError, TaskFormatError, FileNotFoundError, RolloutMemoryError,
-            UpdateMemoryError) as e:  # bad user input or settings: one clear line
+            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 
 

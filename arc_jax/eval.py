@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
+import tqdm
 
 from arc_jax import data, episode, prompts, rewards, session, submission
 from arc_jax.config import ConfigError
@@ -117,6 +118,8 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
     e = config.eval
     done = read_rounds(path)
     records: dict[str, list[rewards.CompletionRecord]] = {task_id: [] for task_id in sorted(tasks)}
+    bar = tqdm.tqdm(total=e.rounds, initial=len(done), unit="round", dynamic_ncols=True,
+                    desc=f"{path.name.split('.')[0]} ({len(done)} rounds resumed)" if done else path.name.split(".")[0])
     for r in range(e.rounds):
         if r in done:
             lines = done[r]
@@ -136,7 +139,8 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
             line.update(prediction_fields(record))
         if r not in done:
             append_round(path, lines)
-        print(f"{path.name}: round {r + 1} of {e.rounds} {'(resumed)' if r in done else 'done'}")
+            bar.update(1)
+    bar.close()
     return records
 
 

@@ -76,7 +76,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
             results[name] = report(config, name, records, tasks, out)
     if len(results) > 1:
         print(rewards.compare_table({name: r["mean"] for name, r in results.items()}))
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    pictures(config, tasks, results, out)
+    (out / "summary.json").write_text(json.dumps(
+        {name: {k: v for k, v in r.items() if k != "submission"} for name, r in results.items()}, indent=1))
     return results
 
 
@@ -201,8 +203,7 @@ def report(config, name: str, records: Mapping[str, Sequence[rewards.CompletionR
     if problems:
         raise ValueError(f"{name}: the submission is not valid: {problems[:3]}")
     (out / f"{name}.submission.json").write_text(json.dumps(entries))
-    pictures(config, name, tasks, entries, per_task, out)
-    return {"mean": mean, "per_task": per_task, "pass_at_k": curve}
+    return {"mean": mean, "per_task": per_task, "pass_at_k": curve, "submission": entries}
 
 
 def plot_pass_at_k(curve: Mapping[int, float], name: str, path: pathlib.Path) -> None:
@@ -216,10 +217,21 @@ def plot_pass_at_k(curve: Mapping[int, float], name: str, path: pathlib.Path) ->
     figure.savefig(path, dpi=100, bbox_inches="tight")
 
 
-def pictures(config, name, tasks, entries, per_task, out: pathlib.Path) -> None:
-    """PNGs of the first config.eval.num_pictures tasks: pairs, test input, expected, attempts."""
+def pictures(config, tasks, results: Mapping[str, dict], out: pathlib.Path) -> None:
+    """PNGs (pairs, test input, expected output, the two attempts) of config.eval.num_pictures
+    tasks per policy: those where the first two policies' pass rates differ most, else the
+    first tasks."""
     from arc_jax import visualize
 
-    for task_id in sorted(tasks)[: config.eval.num_pictures]:
-        attempts = [[np.asarray(e["attempt_1"]), np.asarray(e["attempt_2"])] for e in entries[task_id]]
-        visualize.save_task_png(tasks[task_id], out / f"{name}.{task_id}.png", attempts)
+    n = config.eval.num_pictures
+    rate = lambda m: m["test_pass_rate"] if m["test_pass_rate"] is not None else m["train_pass_rate"]
+    chosen = sorted(tasks)[:n]
+    if len(results) > 1:
+        first, second = list(results.values())[:2]
+        chosen = visualize.most_different({t: rate(m) for t, m in first["per_task"].items()},
+                                          {t: rate(m) for t, m in second["per_task"].items()}, n)
+    for name, result in results.items():
+        for task_id in chosen:
+            attempts = [[np.asarray(e["attempt_1"]), np.asarray(e["attempt_2"])]
+                        for e in result["submission"][task_id]]
+            visualize.save_task_png(tasks[task_id], out / f"{name}.{task_id}.png", attempts)

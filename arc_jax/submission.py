@@ -33,9 +33,16 @@ from absl import flags
 from arc_jax import data
 from arc_jax.rewards import CompletionRecord
 
-_SUBMISSION = flags.DEFINE_string("submission", None, "Submission JSON file in the ARC Prize format.")
-_DATASET = flags.DEFINE_string("dataset", None,
-                               "Tasks the submission answers, e.g. arc-agi-1/evaluation or a JSON file.")
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when this module runs as a program, so that
+    importing it as a library (next to other modules with a --dataset flag) defines none."""
+    global _SUBMISSION, _DATASET
+    _SUBMISSION = flags.DEFINE_string("submission", None, "Submission JSON file in the ARC Prize format.")
+    _DATASET = flags.DEFINE_string("dataset", None,
+                                   "Tasks the submission answers, e.g. arc-agi-1/evaluation or a JSON file.")
+
 
 Grid = tuple[tuple[int, ...], ...]  # hashable, so identical grids group together
 PADDING: Grid = ((0,),)  # the attempt that fills a missing one
@@ -263,4 +270,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -28,10 +28,18 @@ from matplotlib.figure import Figure
 
 from arc_jax import data
 
-_DATASET = flags.DEFINE_string("dataset", None, "Tasks to draw from, e.g. arc-agi-1/training or a JSON file.")
-_TASK_IDS = flags.DEFINE_list("task_ids", None, "Comma-separated ids of the tasks to draw.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for the PNG files (created if missing).")
-_SUBMISSION = flags.DEFINE_string("submission", None, "ARC Prize submission JSON whose attempts to draw.")
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when this module runs as a program, so that
+    importing it as a library (next to other modules with a --dataset flag) defines none."""
+    global _DATASET, _TASK_IDS, _OUTPUT_DIR, _SUBMISSION
+    _DATASET = flags.DEFINE_string("dataset", None, "Tasks to draw from, e.g. arc-agi-1/training or a JSON file.")
+    _TASK_IDS = flags.DEFINE_list("task_ids", None, "Comma-separated ids of the tasks to draw.")
+    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for the PNG files (created if missing).")
+    _SUBMISSION = flags.DEFINE_string("submission", None, "ARC Prize submission JSON whose attempts to draw.")
+    flags.mark_flags_as_required(["dataset", "task_ids", "output_dir"])
+
 
 # ARC colour index -> hex colour.
 PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
@@ -181,5 +189,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["dataset", "task_ids", "output_dir"])
+    _define_flags()
     app.run(main)

@@ -118,3 +118,25 @@ def test_compare_table_puts_policies_side_by_side():
     assert lines[0].split() == ["policy", "valid_code", "is_correct"]
     assert lines[1].split() == ["baseline", "50.0%", "25.0%"]
     assert lines[2].split() == ["rl", "100.0%", "-"]
+
+
+def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_path, capsys):
+    import json
+
+    from arc_jax import submission
+
+    config = eval_config(tiny_policy)
+    config.eval.output_dir = str(tmp_path / "out")
+    config.eval.num_pictures = 1
+    config.execution.num_workers = 2
+    results = evaluation.run(config)
+    out = tmp_path / "out"
+    assert list(results) == ["baseline"]
+    assert "--- baseline ---" in capsys.readouterr().out
+    tasks = dict(sorted(data.load_tasks("arc-agi-1/training").items())[:2])
+    entries = json.loads((out / "baseline.submission.json").read_text())
+    assert submission.validate(entries, tasks) == []
+    curve = json.loads((out / "baseline.pass_at_k.json").read_text())
+    assert list(curve) == ["1", "2", "3", "4"] and all(0 <= v <= 1 for v in curve.values())
+    assert (out / "baseline.pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(out.glob("baseline.*.png"))) == 2  # the curve and one task

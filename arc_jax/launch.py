@@ -44,15 +44,7 @@ def resolve_mode(mode: str):
     if mode not in MODES:
         raise app.UsageError(f"config.mode={mode!r} is not a mode; expected one of {sorted(MODES)}")
     module_name, function_name = MODES[mode].split(":")
-    try:
-        return getattr(importlib.import_module(module_name), function_name)
-    except (ModuleNotFoundError, AttributeError) as e:
-        if isinstance(e, ModuleNotFoundError) and e.name != module_name:
-            raise  # a missing dependency, not a missing mode
-        raise app.UsageError(
-            f"config.mode={mode!r} is not implemented yet in this version of arc_jax "
-            f"({MODES[mode]} is missing)"
-        ) from None
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def main(argv):

@@ -65,9 +65,13 @@ def test_config_file_argument_is_passed_to_get_config():
     assert "takes no argument or 'smoke', got 'nonsense'" in result.stderr
 
 
-def test_unimplemented_mode_is_reported():
-    with pytest.raises(Exception, match=r"config.mode='eval' is not implemented yet"):
-        launch.resolve_mode("eval")
+def test_every_mode_resolves_to_its_run_function():
+    from arc_jax import eval as evaluation
+    from arc_jax.train import loop
+
+    assert launch.resolve_mode("eval") is evaluation.run
+    assert launch.resolve_mode("train") is loop.run
+    assert launch.resolve_mode("dry_run") is dry_run.run
 
 
 def test_unknown_mode_names_the_valid_ones():

@@ -118,10 +118,14 @@ def _int_if_integral(value):
 
 
 def _cast_coordinate(value):
-    """Symmetry outputs: arrays to int arrays, float scalars rounded to int."""
+    """Symmetry outputs: arrays to int arrays, Python floats rounded to int.
+
+    As in BARC, only `float` instances are rounded: np.float64 (a float
+    subclass) is, np.float32 and other numpy floats come back unchanged.
+    """
     if isinstance(value, np.ndarray):
         return value.astype(int)
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, float):
         return int(round(value))
     return value
 
@@ -134,7 +138,8 @@ def _cast_coordinate(value):
 def flood_fill(grid, x, y, color, connectivity=4):
     """Recolour, in place, the region of `grid[x, y]`'s colour that contains (x, y)."""
     assert connectivity in [4, 8], "flood_fill: Connectivity must be 4 or 8."
-    old = grid[x, y]
+    old = grid[x, y]  # raises IndexError off the canvas; negative indices wrap
+    x, y = x % grid.shape[0], y % grid.shape[1]  # so start from the cell numpy read
     if old == color:
         return None
     offsets = _offsets(connectivity, centre=False)
@@ -187,9 +192,19 @@ def blit(grid, sprite, x=0, y=0, background=None):
     """Copy `sprite` onto `grid` with its corner at (x, y), in place; return `grid`.
 
     Parts falling off the canvas are clipped. Sprite pixels equal to
-    `background` are transparent unless `background` is None.
+    `background` are transparent unless `background` is None. As in BARC,
+    pixels are copied one by one in row-major order, so a sprite that is a
+    view of `grid` sees the pixels already written.
     """
     x, y = int(x), int(y)
+    if np.may_share_memory(grid, sprite):
+        for i in range(sprite.shape[0]):
+            for j in range(sprite.shape[1]):
+                value = sprite[i, j]  # read after the writes before it
+                if (background is None or value != background) and \
+                        _in_canvas(grid.shape, x + i, y + j):
+                    grid[x + i, y + j] = value
+        return grid
     x0, x1 = max(x, 0), min(x + sprite.shape[0], grid.shape[0])
     y0, y1 = max(y, 0), min(y + sprite.shape[1], grid.shape[1])
     if x0 >= x1 or y0 >= y1:
@@ -293,10 +308,12 @@ def detect_objects(grid, _=None, predicate=None, background=Color.BLACK,
 
     Faithful to BARC rather than to its docstring: with `connectivity=None`
     no components are searched, and `allowed_dimensions` filters the
-    components by their (canvas) shape before windows are scanned.
+    components by their (canvas) shape before windows are scanned. As in
+    BARC, `colors` and `allowed_dimensions` are tested for truth, so an
+    empty list means the same as None.
     """
     def colors_ok(pixels):
-        return colors is None or np.all(_is_any_of(pixels, colors) | (pixels == background))
+        return not colors or np.all(_is_any_of(pixels, colors) | (pixels == background))
 
     objects = []
     if connectivity:
@@ -305,7 +322,7 @@ def detect_objects(grid, _=None, predicate=None, background=Color.BLACK,
         if predicate is not None:
             objects = [obj for obj in objects if predicate(crop(obj, background))]
 
-    if allowed_dimensions is not None:
+    if allowed_dimensions:
         objects = [obj for obj in objects if obj.shape in allowed_dimensions]
         components = list(objects)
         for n, m in allowed_dimensions:
@@ -346,33 +363,62 @@ def _remove_overlaps(objects, background):
 
 
 def _best_cover(masks):
-    """Indices of a non-overlapping subset of `masks` covering the most pixels.
+    """Indices of a non-overlapping subset of `masks`, chosen by BARC's rule.
 
-    Depth-first over masks in order; "pick" is tried first and kept outright
-    if it covers everything still coverable; on a tie "skip" wins.
-    Exponential in the worst case.
+    BARC's rule, depth-first over the masks in order: a mask overlapping the
+    cover so far is skipped; otherwise "pick" is tried first and kept outright
+    if the cover then holds every pixel of every mask, else "skip" is tried
+    and wins unless "pick" covers strictly more (ties prefer skipping).
+
+    The same answer, faster: what the search does from mask i on depends only
+    on the covered pixels that masks[i:] can reach (`frontier`) and on whether
+    every pixel out of their reach is covered (`full`), so it is memoised on
+    those; and a branch is dropped once it cannot reach the score it must
+    beat (`need`). Still exponential in the worst case.
     """
     if not masks:
         return []
-    # reachable[i]: union of masks[i:], the most that picking from i on can add.
-    reachable = [np.zeros_like(masks[0])] * (len(masks) + 1)
-    for i in range(len(masks) - 1, -1, -1):
+    n = len(masks)
+    # reachable[i]: union of masks[i:]; last[i]: its pixels that no later mask has.
+    reachable = [np.zeros_like(masks[0])] * (n + 1)
+    for i in range(n - 1, -1, -1):
         reachable[i] = reachable[i + 1] | masks[i]
+    last = [reachable[i] & ~reachable[i + 1] for i in range(n)]
+    reachable_count = [int(np.count_nonzero(r)) for r in reachable]
+    last_count = [int(np.count_nonzero(m)) for m in last]
+    memo = {}  # (i, frontier, full) -> (True, result), or (False, b): the score is below b
 
-    def search(i, covered):
-        if i == len(masks):
-            return int(np.count_nonzero(covered)), []
-        if np.any(masks[i] & covered):
-            return search(i + 1, covered)
-        pick_score, pick = search(i + 1, covered | masks[i])
-        if pick_score == np.count_nonzero(covered | reachable[i]):
-            return pick_score, [i] + pick
-        skip_score, skip = search(i + 1, covered)
-        if pick_score > skip_score:
-            return pick_score, [i] + pick
-        return skip_score, skip
+    def search(i, frontier, full, need):
+        """(pixels of reachable[i] covered at the end, picks) from mask i on; None if below `need`.
 
-    return search(0, np.zeros_like(masks[0]))[1]
+        One frame per mask (no helper calls), as deep as BARC's recursion.
+        """
+        if reachable_count[i] < need:
+            return None
+        if i == n:
+            return 0, ()
+        key = (i, frontier.tobytes(), full)
+        exact, known = memo.get(key, (False, None))
+        if exact:
+            return known if known[0] >= need else None
+        if known is not None and need >= known:
+            return None
+        result = None
+        for pick in ([False] if np.any(masks[i] & frontier) else [True, False]):
+            covered = frontier | masks[i] if pick else frontier
+            kept = int(np.count_nonzero(covered & last[i]))  # final: no later mask has them
+            rest = search(i + 1, covered & reachable[i + 1], full and kept == last_count[i],
+                          need - kept)
+            if rest is None:
+                continue
+            result = rest[0] + kept, (i,) + rest[1] if pick else rest[1]
+            if pick and full and result[0] == reachable_count[i]:
+                break  # every pixel is covered: BARC keeps the pick outright
+            need = result[0]  # "skip" wins a tie, so it must reach the pick's score
+        memo[key] = (False, need) if result is None else (True, result)
+        return result
+
+    return list(search(0, np.zeros_like(masks[0]), True, 0)[1])
 
 
 def bounding_box(grid, background=Color.BLACK):
@@ -524,10 +570,12 @@ def randomly_spaced_indices(max_len, n_indices, border_size=1, padding=1):
                                         border_size=0, padding=padding)
         return inner + border_size
     taken = [False] * max_len
-    for _ in range(n_indices):
+    count = 0
+    while count < n_indices:  # as in BARC: a float count such as 2.5 rounds up
         free = [i for i in range(max_len)
                 if not any(taken[max(i - padding, 0):i + padding + 1])]
         taken[random.choice(free)] = True
+        count += 1
     return np.array([i for i, t in enumerate(taken) if t], dtype=int)
 
 
@@ -818,7 +866,15 @@ def orbit(grid, x, y, symmetries):
 
 
 def _score_symmetry(grid, symmetry, ignore_colors, background=None):
-    """(perfect, off_canvas, conflicts) counts of mapping occupied cells once."""
+    """(perfect, off_canvas, conflicts) counts of mapping occupied cells once.
+
+    `ignore_colors` is read as np.isin reads it: None ignores no colour and a
+    scalar (a set too, which numpy sees as one object) is a single value.
+    """
+    if ignore_colors is None:
+        ignore_colors = []
+    elif np.ndim(ignore_colors) == 0:
+        ignore_colors = [ignore_colors]
     occupied = ~_is_any_of(grid, ignore_colors)
     if background is not None:
         occupied &= grid != background

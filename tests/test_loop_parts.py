@@ -45,14 +45,9 @@ def test_group_batch_pads_masks_and_centres_rewards():
     # Rewards (10, 0) and (2, 2), centred by group means 5 and 2.
     np.testing.assert_allclose(batch.advantages, [[5.0, -5.0], [0.0, 0.0]])
     assert stats["frac_reward_zero_std"] == 0.5
-    assert batch.old_logprobs is None and batch.sampler_logprobs is None
-
-
-def test_group_batch_carries_sampler_logprobs_for_importance_sampling():
-    loss = grpo.GRPOLossConfig(importance_sampling_correction=True)
-    batch, _ = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
-                                completion_length=4,
-                                    buckets=PromptBuckets(minimum=4))
+    assert batch.old_logprobs is None
+    # The sampler's log-probs, right-padded with 0 (for importance sampling and the agreement
+    # metrics).
     np.testing.assert_array_equal(batch.sampler_logprobs[1, 0], [-0.25, -0.25, -0.25, 0.0])
 
 

@@ -8,6 +8,7 @@ from arc_jax.rollout.interface import (
 )
 from arc_jax.rollout.memory import MemoryPlan, RolloutMemoryError, plan_memory
 from arc_jax.rollout.sampler import JaxSampler, PromptBuckets, SamplerConfig
+from arc_jax.rollout.vllm import VLLMConfig, VLLMEngine, VLLMError
 
 __all__ = [
     "Completion",
@@ -19,5 +20,8 @@ __all__ = [
     "RolloutMemoryError",
     "SamplerConfig",
     "SamplingParams",
+    "VLLMConfig",
+    "VLLMEngine",
+    "VLLMError",
     "plan_memory",
 ]

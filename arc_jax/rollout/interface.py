@@ -100,6 +100,11 @@ class RolloutEngine(Protocol):
         """For each prompt (token ids, one BOS), n completions, in prompt order."""
         ...
 
-    def update_weights(self, lora_state: Any) -> None:
-        """Use new LoRA adapter weights from now on (same shapes, so nothing recompiles)."""
+    def update_weights(self, lora_state: Any, version: int | None = None) -> None:
+        """Use new LoRA adapter weights from now on (same shapes, so nothing recompiles).
+        `version`: the training step they come from (names the copy an external engine keeps)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (a server it started)."""
         ...

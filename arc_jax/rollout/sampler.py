@@ -178,7 +178,16 @@ class JaxSampler:
                 results[i] = c
         return results
 
-    def update_weights(self, lora_state: nnx.State) -> None:
+    def __enter__(self) -> "JaxSampler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the sampler lives in this process."""
+
+    def update_weights(self, lora_state: nnx.State, version: int | None = None) -> None:
         """Replaces the LoRA weights (`nnx.state(trained_model, LoraParam)`), placed like the
         current ones so the compiled programs are reused."""
         old_leaves, old_tree = jax.tree_util.tree_flatten_with_path(self._lora)

@@ -419,6 +419,33 @@ def merge_metrics(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> dic
     return {k: combine.get(k.rsplit("/", 1)[-1], jnp.add)(a[k], b[k]) for k in a}
 
 
+def sampler_agreement(trainer_logprobs: np.ndarray, sampler_logprobs: np.ndarray,
+                      mask: np.ndarray) -> dict[str, float]:
+    """How far the sampler's log-probs of its own tokens are from the trainer's, before the
+    update: per token |trainer - sampler| (mean, max), per sequence |sum of the differences|
+    (mean, max), and the importance ratio exp(trainer - sampler) per token (min, mean, max).
+
+    trainer_logprobs, sampler_logprobs, mask: [..., T] (mask 1 on completion tokens).
+    """
+    trainer = np.asarray(trainer_logprobs, np.float64)
+    sampler = np.asarray(sampler_logprobs, np.float64)
+    keep = np.asarray(mask) > 0
+    if trainer.shape != sampler.shape or trainer.shape != keep.shape:
+        raise ValueError(f"sampler_agreement: shapes {trainer.shape}, {sampler.shape} and "
+                         f"{keep.shape} differ")
+    if not keep.any():
+        return {}
+    delta = np.where(keep, trainer - sampler, 0.0)                      # [..., T]
+    per_sequence = np.abs(delta.sum(-1))[keep.any(-1)]                 # [sequences]
+    ratio = np.exp(delta[keep])                                        # [tokens]
+    return {"sampling/logprob_diff/mean": float(np.abs(delta[keep]).mean()),
+            "sampling/logprob_diff/max": float(np.abs(delta[keep]).max()),
+            "sampling/seq_logprob_diff/mean": float(per_sequence.mean()),
+            "sampling/seq_logprob_diff/max": float(per_sequence.max()),
+            "sampling/ratio/min": float(ratio.min()), "sampling/ratio/mean": float(ratio.mean()),
+            "sampling/ratio/max": float(ratio.max())}
+
+
 # -------------------------------------------------------------------------------- repetition
 
 

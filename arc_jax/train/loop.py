@@ -96,7 +96,8 @@ def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
                 loss: grpo.GRPOLossConfig, completion_length: int, buckets: PromptBuckets
                 ) -> tuple[GroupBatch, dict]:
     """The padded arrays of a step: prompts left-padded to their bucket (the sampler's rule, so
-    that the update compiles as rarely as the sampler), completions right-padded."""
+    that the update compiles as rarely as the sampler), completions right-padded. The batch
+    carries the sampler's log-probs; a step drops them when the loss does not use them."""
     num_prompts, group = len(groups), len(groups[0].completions)
     rewards_ = np.array([[r.reward for r in g.records] for g in groups], np.float32)  # [P, G]
     advantages, reward_stats = grpo.group_advantages(rewards_.reshape(-1), group,
@@ -122,7 +123,7 @@ def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
         completion_mask=np.asarray(mask).reshape(num_prompts, group, -1),
         advantages=np.asarray(advantages).reshape(num_prompts, group),
         old_logprobs=None,
-        sampler_logprobs=sampler_logprobs if loss.importance_sampling_correction else None)
+        sampler_logprobs=sampler_logprobs)
     return batch, {k: float(v) for k, v in reward_stats.items()}
 
 
@@ -199,13 +200,15 @@ def run(config: ml_collections.ConfigDict) -> dict:
     print(f"step plan: {plan.describe()}")
     model = session.load_policy(config, model_path, mesh)
     execution = session.execution_config(config)
+    buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=plan.max_prompt_length)
     with ExecutionPool(execution) as pool, CompileCounter() as compiles, \
+            session.make_engine(config, model, tokenizer, buckets, model_path) as engine, \
             Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
             MetricsLogger(workdir, tensorboard=config.tensorboard,
                           wandb_project=config.wandb_project or None,
                           config=config.to_dict()) as logger:
-        trainer = _Trainer(config, plan, model, tokenizer, tasks, pool, checkpointer, logger, mesh,
-                           compiles)
+        trainer = _Trainer(config, plan, model, tokenizer, tasks, engine, buckets, pool,
+                           checkpointer, logger, mesh, compiles)
         return trainer.run()
 
 
@@ -223,16 +226,15 @@ def _dry_run(config: ml_collections.ConfigDict) -> dict:
 class _Trainer:
     """The state of one run and its steps; `run()` trains, evaluates and reports."""
 
-    def __init__(self, config, plan: StepPlan, model, tokenizer, tasks, pool, checkpointer,
-                 logger, mesh, compiles: CompileCounter):
+    def __init__(self, config, plan: StepPlan, model, tokenizer, tasks, engine: RolloutEngine,
+                 buckets: PromptBuckets, pool, checkpointer, logger, mesh,
+                 compiles: CompileCounter):
         self.config, self.plan, self.model, self.tokenizer = config, plan, model, tokenizer
         self.tasks, self.pool, self.checkpointer, self.logger = tasks, pool, checkpointer, logger
         self.mesh, self.compiles = mesh, compiles
         self.workdir = pathlib.Path(config.workdir)
         self.loss = session.loss_config(config)
-        self.buckets = PromptBuckets(bits=config.prompt_bucket_bits,
-                                     maximum=plan.max_prompt_length)
-        self.sampler = session.make_engine(config, model, tokenizer, self.buckets)
+        self.buckets, self.sampler = buckets, engine
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
         self.stream = episode.task_stream(config, tasks)
         self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
@@ -275,7 +277,7 @@ class _Trainer:
         self.stream.position = meta["stream_position"]
         self.guard.load_state_dict(meta["guard"])
         self.skipped_prompts, self.skipped_updates = meta["skipped_prompts"], meta["skipped_updates"]
-        self.sampler.update_weights(nnx.state(self.model, LoraParam))
+        self.sampler.update_weights(nnx.state(self.model, LoraParam), version=meta["step"])
         return meta["step"]
 
     def _set_lr_scale(self, scale: float) -> None:
@@ -301,17 +303,30 @@ class _Trainer:
         batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
                                           loss=self.loss, completion_length=config.max_completion_length,
                                           buckets=self.buckets)
-        if config.num_iterations > 1:
+        sampler_logprobs = batch.sampler_logprobs
+        if not self.loss.importance_sampling_correction:
+            batch = batch._replace(sampler_logprobs=None)
+        agreement = {}
+        if config.num_iterations > 1 or config.rollout.engine != "jax":
+            # The trainer's log-probs before the update: old log-probs of the loss, and the
+            # yardstick of how far an external sampler is from the trainer.
             batch = batch._replace(old_logprobs=self.updater.logprobs(batch))
+            agreement = grpo.sampler_agreement(jax.device_get(batch.old_logprobs),
+                                               sampler_logprobs, batch.completion_mask)
         for _ in range(config.num_iterations):
             update = self.updater.step(batch)
             self.skipped_updates += int(update.get("skipped", 0))
-        self.sampler.update_weights(nnx.state(self.model, LoraParam))
         update_s = time.perf_counter() - begin
+        sync = {}
+        if step % config.rollout.sync_every == 0:
+            begin = time.perf_counter()
+            self.sampler.update_weights(nnx.state(self.model, LoraParam), version=step)
+            sync = {"time/sync_s": time.perf_counter() - begin}
         tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         return {**rollout_metrics(groups), **reward_stats, **update,
                 "skipped_prompts": float(self.skipped_prompts),
                 "skipped_updates": float(self.skipped_updates),
+                **agreement, **sync,
                 "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
                 "time/step_s": time.perf_counter() - step_begin,
                 "tokens_per_s": tokens / max(rollout_s, 1e-9),

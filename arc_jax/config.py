@@ -7,6 +7,7 @@ top_p, top_k, min_p, repetition_penalty, max_grad_norm, warmup_ratio, lr_schedul
 logging_steps, save_steps, seed), and so do their defaults, except where noted.
 """
 
+import dataclasses
 import math
 import numbers
 
@@ -60,14 +61,29 @@ def default_config() -> ml_collections.ConfigDict:
     config.max_steps = 0  # > 0 overrides num_train_epochs
     config.num_iterations = 1
 
-    # Loss (TRL's defaults).
-    config.loss_type = "dapo"
+    # Loss (TRL v0.23's defaults, the reference runs' version; `trl_1_16_defaults` for 1.16's).
+    # Meanings: arc_jax.train.grpo.GRPOLossConfig.
+    config.loss_type = "dapo"  # grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo
     config.beta = 0.0
     config.epsilon = 0.2
     config.epsilon_high = ml_collections.config_dict.placeholder(float)
+    config.delta = ml_collections.config_dict.placeholder(float)
     config.scale_rewards = "group"
     config.mask_truncated_completions = False
-    config.importance_sampling_correction = False
+    config.importance_sampling_level = "token"  # or "sequence" (GSPO)
+    config.use_bias_correction_kl = False
+    config.sapo_temperature_pos = 1.0
+    config.sapo_temperature_neg = 1.05
+    config.vespo_k_pos = 2.0
+    config.vespo_lambda_pos = 3.0
+    config.vespo_k_neg = 3.0
+    config.vespo_lambda_neg = 2.0
+    config.off_policy_mask_threshold = ml_collections.config_dict.placeholder(float)
+    config.bnpo_scope = "batch"  # or "micro_batch": TRL's mean of micro-batch token means
+    config.importance_sampling_correction = False  # TRL's vllm_importance_sampling_correction
+    config.importance_sampling_mode = "token_truncate"
+    config.importance_sampling_cap = 2.0  # TRL 1.16: vllm_importance_sampling_clip_max
+    config.importance_sampling_min = ml_collections.config_dict.placeholder(float)
 
     # Optimiser (AdamW).
     config.learning_rate = 1e-6
@@ -159,6 +175,22 @@ def default_config() -> ml_collections.ConfigDict:
     config.preview.num_tasks = 16
     config.preview.show_prompts = 1
     config.preview.tokenizer_path = ""  # "": the policy's tokenizer when model_path is a folder
+    return config
+
+
+def trl_1_16_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets the fields whose TRL 1.16 default differs from v0.23's (which `default_config`
+    follows) to 1.16's, in place, and returns the config: in a config file,
+    `config = trl_1_16_defaults(default_config())`.
+
+    TRL 1.16 applies the importance-sampling correction only when sampling with vLLM; here it
+    applies with either engine (with the JAX sampler the ratio differs from 1 only by the
+    merged bf16 weights' rounding)."""
+    config.max_completion_length = 512
+    config.use_bias_correction_kl = True
+    config.importance_sampling_correction = True
+    config.importance_sampling_mode = "sequence_mask"
+    config.importance_sampling_cap = 3.0
     return config
 
 
@@ -255,3 +287,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             continue  # a config built without this field does not use it
         if not check(value, config):
             raise ConfigError(f"config.{field}={value!r}: expected {expected}")
+    _validate_loss(config)
+
+
+def _validate_loss(config: ml_collections.ConfigDict) -> None:
+    """The loss fields, by the checks of `GRPOLossConfig` (which knows the choices)."""
+    from arc_jax.train.grpo import GRPOLossConfig
+
+    names = [f.name for f in dataclasses.fields(GRPOLossConfig) if f.name in config]
+    try:
+        GRPOLossConfig(**{name: config[name] for name in names})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e).replace("GRPOLossConfig.", "config.")) from None

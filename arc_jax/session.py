@@ -28,16 +28,8 @@ ENGINES = ("jax", "vllm")  # config.rollout.engine
 
 
 def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
-    return grpo.GRPOLossConfig(
-        loss_type=config.loss_type,
-        beta=config.beta,
-        epsilon=config.epsilon,
-        epsilon_high=config.epsilon_high,
-        scale_rewards=config.scale_rewards,
-        mask_truncated_completions=config.mask_truncated_completions,
-        max_completion_length=config.max_completion_length,
-        importance_sampling_correction=config.importance_sampling_correction,
-    )
+    fields = [f.name for f in dataclasses.fields(grpo.GRPOLossConfig)]
+    return grpo.GRPOLossConfig(**{name: config[name] for name in fields})
 
 
 def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,

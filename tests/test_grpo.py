@@ -48,13 +48,15 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
 # group 2 has identical rewards.
 REWARDS = [1.0, 0.0, 2.0, 2.0]
 A1 = 0.5 / (math.sqrt(0.5) + 1e-4)
+# batch mean 1.25; squared deviations 0.0625 + 1.5625 + 0.5625 + 0.5625 = 2.75, / 3
+BATCH_STD = math.sqrt(2.75 / 3)
 
 
 def test_group_scaling_by_hand():
     advantages, stats = grpo.group_advantages(jnp.array(REWARDS), 2, "group")
     close(advantages, [A1, -A1, 0.0, 0.0])
     close(stats["reward"], 1.25)
-    close(stats["reward_std"], math.sqrt(0.5) / 2)
+    close(stats["reward_std"], BATCH_STD)  # TRL 1.16: the std of all rewards
     close(stats["frac_reward_zero_std"], 0.5)
 
 
@@ -65,19 +67,18 @@ def test_group_of_three_by_hand():
 
 
 def test_batch_scaling_by_hand():
-    # batch mean 1.25; squared deviations 0.0625 + 1.5625 + 0.5625 + 0.5625 = 2.75, / 3
-    batch_std = math.sqrt(2.75 / 3)
     advantages, stats = grpo.group_advantages(jnp.array(REWARDS), 2, "batch")
-    a = 0.5 / (batch_std + 1e-4)
+    a = 0.5 / (BATCH_STD + 1e-4)
     close(advantages, [a, -a, 0.0, 0.0])
-    close(stats["reward_std"], batch_std)
-    close(stats["frac_reward_zero_std"], 0.5)
+    close(stats["reward_std"], BATCH_STD)
+    close(stats["frac_reward_zero_std"], 0.0)  # TRL 1.16: the batch std is not zero
 
 
 def test_no_scaling_only_centres():
     advantages, stats = grpo.group_advantages(jnp.array(REWARDS), 2, "none")
     close(advantages, [0.5, -0.5, 0.0, 0.0])
-    close(stats["reward_std"], math.sqrt(0.5) / 2)
+    close(stats["reward_std"], BATCH_STD)
+    close(stats["frac_reward_zero_std"], 0.5)
 
 
 def test_identical_rewards_give_exactly_zero():
@@ -92,7 +93,9 @@ def test_missing_rewards_are_left_out():
     advantages, stats = grpo.group_advantages(jnp.array([1.0, nan, 0.0, nan, nan, nan]), 3)
     close(advantages, [A1, 0.0, -A1, 0.0, 0.0, 0.0])
     close(stats["reward"], 0.5)
-    close(stats["frac_reward_zero_std"], 0.5)
+    close(stats["reward_std"], math.sqrt(0.5))
+    # Group 2 has no std at all (TRL 1.16's nanstd is NaN): it is not a zero-std group.
+    close(stats["frac_reward_zero_std"], 0.0)
 
 
 def test_one_generation_per_prompt_has_no_signal():
@@ -477,3 +480,88 @@ def test_repeated_ngram_fractions_use_the_mask():
         grpo.repeated_ngram_fraction([1, 2], 0)
     with pytest.raises(ValueError, match=r"mask \[7\]"):
         grpo.repeated_ngram_fractions(ids, mask[0], 4)
+
+
+# ------------------------------------------------------------------------ TRL 1.16's options
+
+
+def test_sequence_level_ratio_is_the_mean_log_ratio_of_the_sequence():
+    logprobs = jnp.array([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    old = jnp.array([[-1.5, -2.0, -2.0], [-1.0, -2.0, -9.0]])
+    mask = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    log_w = grpo.log_importance_weights(logprobs, old, mask, "sequence")
+    close(log_w, [[(0.5 + 0.0 - 1.0) / 3], [(0.0 + 1.0) / 2]])  # the masked 8 is left out
+    close(grpo.log_importance_weights(logprobs, old, mask, "token"), logprobs - old)
+
+
+def test_cispo_sapo_vespo_by_hand():
+    # One token each: logprob -1, ratio w = e^0.5 (old -1.5) for cispo, w = 1 for sapo/vespo.
+    logprobs, mask = jnp.array([[-1.0], [-1.0]]), jnp.ones((2, 1))
+    cispo = GRPOLossConfig(loss_type="cispo", epsilon_high=1.2)
+    loss, terms = grpo.per_token_loss(logprobs, logprobs + 0.5 * jnp.array([[-1.0], [1.0]]),
+                                      jnp.array([1.0, -1.0]), mask, cispo)
+    # -sg(min(w, 1.2)) A logp: w = e^0.5 > 1.2 capped; w = e^-0.5 kept.
+    close(loss[:, 0], [-1.2 * 1.0 * -1.0, -math.exp(-0.5) * -1.0 * -1.0])
+    assert terms["cispo_clipped"][:, 0].tolist() == [True, False]
+    sapo = GRPOLossConfig(loss_type="sapo", sapo_temperature_pos=1.0, sapo_temperature_neg=2.0)
+    loss, _ = grpo.per_token_loss(logprobs, logprobs, jnp.array([1.0, -1.0]), mask, sapo)
+    close(loss[:, 0], [-(0.5 * 4 / 1.0) * 1.0, -(0.5 * 4 / 2.0) * -1.0])  # sigmoid(0) = 1/2
+    vespo = GRPOLossConfig(loss_type="vespo")
+    loss, terms = grpo.per_token_loss(logprobs, logprobs, jnp.array([1.0, -1.0]), mask, vespo)
+    close(terms["vespo_phi"][:, 0], [1.0, 1.0])  # phi(1) = e^(lambda - lambda) = 1
+    close(loss[:, 0], [-1.0 * -1.0, 1.0 * -1.0])
+
+
+def test_vespo_weight_by_hand():
+    # Sequence log-ratio 0.5 + 0.2 = 0.7 (the masked token is left out); A >= 0: k 2, lambda 3.
+    log_ratio = jnp.array([[0.5, 0.2, 5.0]])
+    mask = jnp.array([[1.0, 1.0, 0.0]])
+    phi = grpo.vespo_weights(log_ratio, jnp.array([[1.0]]), mask, GRPOLossConfig(loss_type="vespo"))
+    close(phi, [[math.exp(3.0 + 2.0 * 0.7 - 3.0 * math.exp(0.7))]])
+
+
+def test_kl_bias_correction_multiplies_k3_by_the_ratio():
+    config = GRPOLossConfig(beta=0.04, use_bias_correction_kl=True)
+    _, terms = single_token_losses([0.5], [0.0], config, ref_logprobs=jnp.array([[0.0]]))
+    # ref - logprobs = -0.5: k3 = e^-0.5 + 0.5 - 1, times w = e^0.5
+    close(terms["kl"][:, 0], [(math.exp(-0.5) - 0.5) * math.exp(0.5)])
+
+
+def test_off_policy_mask_by_hand():
+    logprobs = jnp.array([[-1.0, -1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    sampling = jnp.array([[-0.5, -0.7], [-0.5, -0.7], [-1.0, -0.9]])  # mean gaps 0.4, 0.4, 0.05
+    keep = grpo.off_policy_mask(logprobs, sampling, jnp.array([[1.0], [-1.0], [-1.0]]),
+                                jnp.ones((3, 2)), threshold=0.1)
+    close(keep, [[1.0], [0.0], [1.0]])  # A >= 0 is always kept
+
+
+def test_luspo_averages_sequence_sums():
+    # Per-token loss -A (ratio 1): rows of 2 and 1 tokens with A = 1 and 3 -> sums -2 and -3.
+    mask = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+    loss, _ = grpo.grpo_loss(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.array([1.0, 3.0]), mask,
+                             grpo.batch_normaliser(mask), GRPOLossConfig(loss_type="luspo"))
+    close(loss, (-2.0 - 3.0) / 2)
+
+
+def test_reward_std_is_undefined_with_fewer_than_two_rewards():
+    nan = float("nan")
+    _, stats = grpo.group_advantages(jnp.array([1.0, nan]), 2)
+    assert math.isnan(float(stats["reward_std"]))
+    assert float(stats["frac_reward_zero_std"]) == 0.0
+
+
+def test_trl_1_16_defaults_and_every_loss_field_reach_the_loss_config():
+    from arc_jax import session
+    from arc_jax.config import default_config, trl_1_16_defaults
+    from configs import barc_8b_grpo
+
+    old = session.loss_config(default_config())
+    new = session.loss_config(trl_1_16_defaults(default_config()))
+    assert (old.use_bias_correction_kl, old.importance_sampling_correction,
+            old.importance_sampling_mode, old.importance_sampling_cap) == (
+                False, False, "token_truncate", 2.0)
+    assert (new.use_bias_correction_kl, new.importance_sampling_correction,
+            new.importance_sampling_mode, new.importance_sampling_cap,
+            new.max_completion_length) == (True, True, "sequence_mask", 3.0, 512)
+    reference = session.loss_config(barc_8b_grpo.get_config())
+    assert (reference.loss_type, reference.bnpo_scope) == ("bnpo", "micro_batch")

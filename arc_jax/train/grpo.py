@@ -18,10 +18,14 @@ and micro-batch metrics combine with `merge_metrics`.
 
 | loss_type | D_i here                               | TRL with g micro-batches on one process    |
 |-----------|----------------------------------------|--------------------------------------------|
-| `grpo`    | num_sequences * max(sum_t m_{i,t}, 1)  | the same when micro-batches are equal-sized |
+| `grpo`, `sapo` | num_sequences * max(sum_t m_{i,t}, 1) | the same when micro-batches are equal-sized |
 | `bnpo`    | num_tokens of the whole batch          | micro-batch token count * g                |
 | `dr_grpo` | num_sequences * max_completion_length  | the same when micro-batches are equal-sized |
-| `dapo`    | num_tokens of the whole batch          | the same                                   |
+| `dapo`, `cispo`, `vespo` | num_tokens of the whole batch | the same                        |
+| `luspo`   | num_sequences                          | the same when micro-batches are equal-sized |
+
+With one micro-batch every loss type, option and logged loss metric equals TRL 1.16's
+`_compute_loss` on the same tensors (tests/test_trl_parity.py runs TRL's own code).
 
 Where this differs from TRL:
 - TRL's `bnpo` averages the token means of the micro-batches, which is not the batch token mean
@@ -29,9 +33,8 @@ Where this differs from TRL:
   (`bnpo_scope="batch"`, equal to `dapo` on one process); `bnpo_scope="micro_batch"` gives TRL's.
 - The token count is taken from the mask the trainer passes, i.e. after truncated completions are
   masked, as on TRL main (v0.23 still counted their tokens).
-- A group whose rewards are all equal gets advantage exactly 0 (TRL: 0 up to rounding), and
-  `frac_reward_zero_std` always counts such groups (TRL derives it from the batch std under
-  `scale_rewards="batch"`, which makes it 0 or 1).
+- A group whose rewards are all equal gets advantage exactly 0 (TRL: 0 up to rounding).
+  `reward_std` and `frac_reward_zero_std` are logged as TRL 1.16 logs them (`group_advantages`).
 - The importance-sampling options drop TRL's `vllm_` prefix.
 """
 
@@ -45,8 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # -min(w A, clip(w) A)
 SCALE_REWARDS = ("group", "batch", "none")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 BNPO_SCOPES = ("batch", "micro_batch")
 
@@ -56,13 +61,25 @@ _ZERO_STD = 1e-8  # torch.isclose(std, 0)'s tolerance, below which a group carri
 
 @dataclasses.dataclass(frozen=True)
 class GRPOLossConfig:
-    """Loss settings. Names, meanings and defaults follow TRL's `GRPOConfig` (v0.23).
+    """Loss settings. Names and meanings follow TRL's `GRPOConfig` (1.16); the defaults are
+    v0.23's, the version of the reference runs (`trl_1_16_defaults` gives 1.16's).
 
-    loss_type: how per-token losses are averaged (table in the module docstring).
+    loss_type: the clipped objective `grpo`, `bnpo`, `dr_grpo`, `dapo`, `luspo` (which differ in
+      how per-token losses are averaged: table in the module docstring), or `cispo`
+      (-sg(min(w, epsilon_high)) A logp), `sapo` (-sigmoid(tau (w - 1)) 4 / tau A) or `vespo`
+      (-phi(w) A logp with phi a Gamma weight of the sequence ratio).
     beta: weight of the k3 KL estimate to the reference policy (the base model with adapters
       disabled). With beta == 0 no reference log-probs are needed.
     epsilon, epsilon_high: the ratio is clipped to [1 - epsilon, 1 + epsilon_high];
-      epsilon_high defaults to epsilon.
+      epsilon_high defaults to epsilon. For `cispo`, epsilon_high is the ratio's cap itself.
+    importance_sampling_level: "token" (one ratio w per token) or "sequence" (GSPO: the mean
+      log-ratio of the sequence, one w per sequence).
+    use_bias_correction_kl: multiply the KL term by w (TRL 1.16's default True).
+    sapo_temperature_pos, sapo_temperature_neg: sapo's tau for A > 0 and A <= 0.
+    vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: vespo's phi(w) =
+      exp(lambda + k log w - lambda w) for A >= 0 and A < 0.
+    off_policy_mask_threshold: if set, drop sequences with A < 0 whose mean (sampler - current)
+      log-prob exceeds it (DeepSeek-V3.2's off-policy sequence mask).
     delta: if set, the unclipped ratio is also capped at delta (INTELLECT-2 two-sided clipping).
     scale_rewards: advantage scaling, "group", "batch" or "none" (see `group_advantages`).
     mask_truncated_completions: remove the loss of completions that never emit EOS.
@@ -81,6 +98,15 @@ class GRPOLossConfig:
     epsilon: float = 0.2
     epsilon_high: float | None = None
     delta: float | None = None
+    importance_sampling_level: str = "token"
+    use_bias_correction_kl: bool = False
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    off_policy_mask_threshold: float | None = None
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
     max_completion_length: int = 256
@@ -92,6 +118,7 @@ class GRPOLossConfig:
 
     def __post_init__(self):
         for name, allowed in (("loss_type", LOSS_TYPES), ("scale_rewards", SCALE_REWARDS),
+                              ("importance_sampling_level", IMPORTANCE_SAMPLING_LEVELS),
                               ("importance_sampling_mode", IMPORTANCE_SAMPLING_MODES),
                               ("bnpo_scope", BNPO_SCOPES)):
             value = getattr(self, name)
@@ -106,6 +133,10 @@ class GRPOLossConfig:
                 f"GRPOLossConfig.epsilon_high must be >= 0 or None, got {self.epsilon_high}")
         if self.delta is not None and self.delta <= 1:
             raise ValueError(f"GRPOLossConfig.delta must be > 1 or None, got {self.delta}")
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg", "vespo_lambda_pos",
+                     "vespo_lambda_neg"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GRPOLossConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.max_completion_length < 1:
             raise ValueError("GRPOLossConfig.max_completion_length must be >= 1, got "
                              f"{self.max_completion_length}")
@@ -149,8 +180,10 @@ def group_advantages(rewards: jax.Array, num_generations: int,
     reward, which is left out of every mean and std and gets advantage 0. The std (Bessel-corrected)
     is the group's for "group", the whole batch's for "batch"; "none" does not divide (Dr. GRPO).
     A group whose valid rewards are all equal has advantage 0.
-    Statistics: `reward` (mean), `reward_std` (mean of the std used; group std for "none"),
-    `frac_reward_zero_std` (fraction of groups with zero std).
+    Statistics, as TRL 1.16 logs them: `reward` (mean), `reward_std` (std of all rewards, NaN
+    with fewer than two), `frac_reward_zero_std` (fraction of completions whose scaling std,
+    the group's or for "batch" the batch's, is defined and zero; a group with fewer than two
+    valid rewards has no std and does not count).
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
@@ -169,12 +202,20 @@ def group_advantages(rewards: jax.Array, num_generations: int,
     else:  # for "none" the group std is only logged
         std = group_std[:, None]                               # [B/G, 1]
     scaled = centred if scale_rewards == "none" else centred / (std + STD_EPS)
-    zero_std = group_std <= _ZERO_STD                          # [B/G]
+    zero_std = group_std <= _ZERO_STD                          # [B/G], also undefined stds
     advantages = jnp.where(zero_std[:, None] | jnp.isnan(groups), 0.0, scaled)
+    group_counts = (~jnp.isnan(groups)).sum(axis=1)            # [B/G]
+    batch_count = (~jnp.isnan(rewards)).sum()                  # []
+    # TRL takes a std over one element to be 0, and nanstd over fewer than two valid ones NaN.
+    if scale_rewards == "batch":
+        defined = (batch_count > 1) | (rewards.shape[0] == 1)
+        logged_zero = jnp.broadcast_to(defined & (batch_std <= _ZERO_STD), group_counts.shape)
+    else:
+        logged_zero = ((group_counts > 1) | (num_generations == 1)) & zero_std
     stats = {
         "reward": batch_mean,
-        "reward_std": std.mean(),
-        "frac_reward_zero_std": zero_std.mean(),
+        "reward_std": jnp.where(batch_count > 1, batch_std, jnp.nan),
+        "frac_reward_zero_std": logged_zero.mean(),
     }
     return advantages.reshape(-1), stats
 
@@ -293,6 +334,44 @@ def importance_sampling_ratio(old_logprobs: jax.Array, sampler_logprobs: jax.Arr
     return jax.lax.stop_gradient(ratio)
 
 
+def log_importance_weights(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array,
+                           level: str) -> jax.Array:
+    """log w: [B, T] per token (logprobs - old), or [B, 1] per sequence (GSPO: their mean over
+    the sequence's tokens)."""
+    log_ratio = logprobs - old_logprobs                                # [B, T]
+    if level == "token":
+        return log_ratio
+    return ((log_ratio * mask).sum(axis=1, keepdims=True)
+            / jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0))        # [B, 1]
+
+
+def vespo_weights(log_ratio: jax.Array, advantages: jax.Array, mask: jax.Array,
+                  config: GRPOLossConfig, sampler_weight: jax.Array | None = None) -> jax.Array:
+    """VESPO's detached phi(w) [B, 1] = exp(lambda + k log w - lambda w) of the sequence ratio
+    w = exp(sum_t m (logprobs - old)) (times the sampler correction's weights, if given), with
+    log w clamped to [log 1e-8, 20]; k, lambda by the sign of A [B, 1]."""
+    floor = float(np.log(1e-8))
+    log_w = (jnp.clip(log_ratio, -20.0, 20.0) * mask).sum(axis=1, keepdims=True)   # [B, 1]
+    if sampler_weight is not None:
+        log_w = log_w + jnp.clip(jnp.log(sampler_weight), floor, 20.0).sum(axis=1, keepdims=True)
+    log_w = jnp.clip(log_w, floor, 20.0)
+    positive = advantages >= 0
+    k = jnp.where(positive, config.vespo_k_pos, config.vespo_k_neg)
+    lam = jnp.where(positive, config.vespo_lambda_pos, config.vespo_lambda_neg)
+    phi = jnp.exp(lam + k * log_w - lam * jnp.exp(log_w))
+    return jax.lax.stop_gradient(jnp.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def off_policy_mask(logprobs: jax.Array, sampling_logprobs: jax.Array, advantages: jax.Array,
+                    mask: jax.Array, threshold: float) -> jax.Array:
+    """DeepSeek-V3.2's off-policy sequence mask [B, 1]: keep a sequence if A >= 0 or its mean
+    (sampling - current) log-prob is at most threshold."""
+    gap = jnp.nan_to_num(sampling_logprobs - jax.lax.stop_gradient(logprobs), nan=0.0)
+    mean_gap = ((gap * mask).sum(axis=1, keepdims=True)
+                / jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0))   # [B, 1]
+    return ((advantages >= 0) | (mean_gap <= threshold)).astype(jnp.float32)
+
+
 def per_token_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
                    mask: jax.Array, config: GRPOLossConfig, *,
                    ref_logprobs: jax.Array | None = None,
@@ -300,10 +379,12 @@ def per_token_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Unmasked per-token loss L [B, T] and the per-token terms that the metrics need.
 
-    L = -min(w A, clip(w, 1 - eps, 1 + eps_high) A) with w = exp(logprobs - old_logprobs)
-    (w also capped at delta if set), times the importance-sampling weight if enabled, plus
-    beta * k3 with k3 = exp(ref - logprobs) - (ref - logprobs) - 1. Gradients flow only through
-    logprobs.
+    With w = exp(log_importance_weights) (capped at delta if set, for the clipped objective):
+    the clipped objective L = -min(w A, clip(w, 1 - eps, 1 + eps_high) A); cispo, sapo and
+    vespo as in `GRPOLossConfig`. Then, in TRL's order: the off-policy sequence mask, the
+    importance-sampling weight (folded into phi for vespo), and beta * k3 with
+    k3 = exp(ref - logprobs) - (ref - logprobs) - 1 (times w with use_bias_correction_kl).
+    Gradients flow only through logprobs (and through w).
     """
     _check_inputs(logprobs, old_logprobs, advantages, mask, config, ref_logprobs,
                   sampler_logprobs)
@@ -311,26 +392,48 @@ def per_token_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax
     old_logprobs = jax.lax.stop_gradient(old_logprobs.astype(jnp.float32))
     advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]  # [B, 1]
     low, high = config.clip_range
-
-    ratio = jnp.exp(logprobs - old_logprobs)                           # [B, T]
-    clipped_ratio = jnp.clip(ratio, low, high)                         # [B, T]
-    if config.delta is not None:
-        ratio = jnp.minimum(ratio, config.delta)
-    loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)
-    terms = {"low_clipped": (ratio < low) & (advantages < 0),
-             "high_clipped": (ratio > high) & (advantages > 0)}
-
+    ratio = jnp.exp(log_importance_weights(logprobs, old_logprobs, mask,
+                                           config.importance_sampling_level))  # [B, T] or [B, 1]
+    terms = {}
+    weight = None
     if config.importance_sampling_correction:
         sampler_logprobs = jax.lax.stop_gradient(sampler_logprobs.astype(jnp.float32))
         weight = importance_sampling_ratio(old_logprobs, sampler_logprobs, mask, config)
-        loss = loss * weight
         terms["importance_sampling_ratio"] = weight
         terms["sampling_logp_difference"] = jnp.abs(old_logprobs - sampler_logprobs)
+
+    if config.loss_type in CLIPPED_LOSS_TYPES:
+        clipped_ratio = jnp.clip(ratio, low, high)
+        capped = ratio if config.delta is None else jnp.minimum(ratio, config.delta)
+        loss = -jnp.minimum(capped * advantages, clipped_ratio * advantages)
+        terms["low_clipped"] = (capped < low) & (advantages < 0)  # TRL counts after delta
+        terms["high_clipped"] = (capped > high) & (advantages > 0)
+    elif config.loss_type == "cispo":
+        cap = config.clip_range[1] - 1.0  # epsilon_high (or epsilon) itself
+        loss = -jax.lax.stop_gradient(jnp.minimum(ratio, cap)) * advantages * logprobs
+        terms["cispo_clipped"] = (ratio > cap) & (advantages > 0)
+    elif config.loss_type == "sapo":
+        tau = jnp.where(advantages > 0, config.sapo_temperature_pos, config.sapo_temperature_neg)
+        loss = -(jax.nn.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau) * advantages
+    else:  # vespo
+        phi = vespo_weights(logprobs - old_logprobs, advantages, mask, config, weight)
+        loss = -phi * advantages * logprobs
+        terms["vespo_phi"] = phi
+    loss = jnp.broadcast_to(loss, logprobs.shape)
+
+    if config.off_policy_mask_threshold is not None:
+        sampling = old_logprobs if sampler_logprobs is None else sampler_logprobs
+        loss = loss * off_policy_mask(logprobs, sampling, advantages, mask,
+                                      config.off_policy_mask_threshold)
+    if weight is not None and config.loss_type != "vespo":
+        loss = loss * weight
 
     if config.beta != 0:
         ref_logprobs = jax.lax.stop_gradient(ref_logprobs.astype(jnp.float32))
         log_ref_ratio = ref_logprobs - logprobs                        # [B, T]
         kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0              # [B, T], >= 0
+        if config.use_bias_correction_kl:
+            kl = kl * ratio
         loss = loss + config.beta * kl
         terms["kl"] = kl
     return loss, terms
@@ -340,28 +443,34 @@ def aggregate(loss: jax.Array, mask: jax.Array, normaliser: Normaliser,
               config: GRPOLossConfig) -> jax.Array:
     """Scalar loss of a (micro-)batch from per-token losses [B, T] and the batch normaliser."""
     masked = loss * mask                                                # [B, T]
-    if config.loss_type == "grpo":
+    if config.loss_type in ("grpo", "sapo"):
         lengths = jnp.maximum(mask.sum(axis=1), 1.0)                    # [B]
         return (masked.sum(axis=1) / lengths).sum() / normaliser.num_sequences
+    if config.loss_type == "luspo":  # sequence sums, averaged over sequences
+        return masked.sum() / normaliser.num_sequences
     if config.loss_type == "dr_grpo":
         return masked.sum() / (normaliser.num_sequences * config.max_completion_length)
     if config.loss_type == "bnpo" and config.bnpo_scope == "micro_batch":
         return masked.sum() / (jnp.maximum(mask.sum(), 1.0) * normaliser.num_micro_batches)
-    return masked.sum() / normaliser.num_tokens                         # dapo, bnpo
+    return masked.sum() / normaliser.num_tokens                         # dapo, bnpo, cispo, vespo
 
 
-def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array,
-                 normaliser: Normaliser) -> dict[str, jax.Array]:
+def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array, normaliser: Normaliser,
+                 config: GRPOLossConfig) -> dict[str, jax.Array]:
     """TRL's loss metrics of a (micro-)batch: means are normalised by whole-batch counts.
 
-    Names: `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`, `kl`
-    (beta != 0), `sampling/importance_sampling_ratio/{min,mean,max}` and
-    `sampling/sampling_logp_difference/{mean,max}` (importance sampling on; sequence modes
-    take the ratio's statistics over sequences).
+    Names: `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean` (clipped
+    objectives), `cispo_clip_ratio`, `vespo/phi_seq_mean`, `kl` (beta != 0),
+    `sampling/importance_sampling_ratio/{min,mean,max}` and
+    `sampling/sampling_logp_difference/{mean,max}` (importance sampling on). A term with one
+    value per sequence (sequence-level ratios, vespo's phi) is averaged over sequences.
     """
     token = mask > 0
+    sequence_ratio = config.importance_sampling_level == "sequence"
 
-    def token_mean(x):
+    def token_mean(x, per_sequence=False):
+        if per_sequence:
+            return x.sum() / normaliser.num_sequences
         return (x * mask).sum() / normaliser.num_tokens
 
     def token_min(x):
@@ -370,16 +479,22 @@ def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array,
     def token_max(x):
         return jnp.where(token, x, -jnp.inf).max()
 
-    low, high = terms["low_clipped"], terms["high_clipped"]
-    metrics = {"clip_ratio/low_mean": token_mean(low),
-               "clip_ratio/high_mean": token_mean(high),
-               "clip_ratio/region_mean": token_mean(low | high)}
+    metrics = {}
+    if "low_clipped" in terms:
+        low, high = terms["low_clipped"], terms["high_clipped"]
+        metrics |= {"clip_ratio/low_mean": token_mean(low, sequence_ratio),
+                    "clip_ratio/high_mean": token_mean(high, sequence_ratio),
+                    "clip_ratio/region_mean": token_mean(low | high, sequence_ratio)}
+    if "cispo_clipped" in terms:
+        metrics["cispo_clip_ratio"] = token_mean(terms["cispo_clipped"], sequence_ratio)
+    if "vespo_phi" in terms:
+        metrics["vespo/phi_seq_mean"] = token_mean(terms["vespo_phi"], per_sequence=True)
     if "kl" in terms:
         metrics["kl"] = token_mean(terms["kl"])
     if "importance_sampling_ratio" in terms:
         ratio = terms["importance_sampling_ratio"]
         prefix = "sampling/importance_sampling_ratio/"
-        if ratio.shape[1] == 1:  # one ratio per sequence
+        if config.importance_sampling_mode.startswith("sequence"):  # one ratio per sequence
             metrics |= {prefix + "min": ratio.min(),
                         prefix + "mean": ratio.sum() / normaliser.num_sequences,
                         prefix + "max": ratio.max()}
@@ -408,7 +523,7 @@ def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Arra
     mask = jnp.asarray(mask, jnp.float32)
     loss, terms = per_token_loss(logprobs, old_logprobs, advantages, mask, config,
                                  ref_logprobs=ref_logprobs, sampler_logprobs=sampler_logprobs)
-    return aggregate(loss, mask, normaliser, config), loss_metrics(terms, mask, normaliser)
+    return aggregate(loss, mask, normaliser, config), loss_metrics(terms, mask, normaliser, config)
 
 
 def merge_metrics(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

@@ -4,8 +4,12 @@ TRL's method runs unchanged. What it reads from the trainer is given by a stand-
 loss settings, and a single-process accelerator whose gather/reduce return their input (the
 distributed layer, which cannot run here without a cluster; with one process it is the
 identity). The policy's log-probs are handed in as a leaf tensor, so `loss.backward()` gives
-the gradient that our `jax.grad` must equal. One micro-batch: TRL's per-micro-batch
-normalisers then equal ours.
+the gradient that our `jax.grad` must equal.
+
+With one micro-batch everything must agree. With several, TRL normalises `bnpo` by each
+micro-batch's own token count; ours by default uses the whole batch's (a deliberate
+difference: the exact token mean), and `bnpo_scope="micro_batch"` is TRL's. The other types
+agree for equal-sized micro-batches.
 """
 
 import collections
@@ -51,8 +55,9 @@ def trl_sampler_ratio(old, sampler, mask, config: GRPOLossConfig):
     return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
-def trl_loss(config: GRPOLossConfig, t: dict):
-    """(loss, d loss / d logprobs, metrics) from TRL's `_compute_loss`."""
+def trl_loss(config: GRPOLossConfig, t: dict, micro_batches: int = 1, batch_tokens=None):
+    """(loss, d loss / d logprobs, metrics) from TRL's `_compute_loss` on one micro-batch of
+    `micro_batches` (gradient accumulation steps) of a batch with `batch_tokens` tokens."""
     as_torch = {k: torch.tensor(v, dtype=torch.float64) for k, v in t.items()}
     logprobs = as_torch["logprobs"].clone().requires_grad_(True)
     mask = as_torch["mask"]
@@ -63,7 +68,7 @@ def trl_loss(config: GRPOLossConfig, t: dict):
         sapo_temperature_neg=config.sapo_temperature_neg,
         vespo_k_pos=config.vespo_k_pos, vespo_lambda_pos=config.vespo_lambda_pos,
         vespo_k_neg=config.vespo_k_neg, vespo_lambda_neg=config.vespo_lambda_neg,
-        steps_per_generation=1)
+        steps_per_generation=micro_batches)
     one_process = types.SimpleNamespace(
         num_processes=1, sync_gradients=True, gather=lambda x: x,
         gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x)
@@ -74,7 +79,8 @@ def trl_loss(config: GRPOLossConfig, t: dict):
         importance_sampling_level=config.importance_sampling_level,
         top_entropy_quantile=1.0, off_policy_mask_threshold=config.off_policy_mask_threshold,
         use_vllm=corrected, vllm_importance_sampling_correction=corrected,
-        current_gradient_accumulation_steps=1, max_completion_length=config.max_completion_length,
+        current_gradient_accumulation_steps=micro_batches,
+        max_completion_length=config.max_completion_length,
         aux_loss_enabled=False, _entropy_bonus_enabled=False,
         _metrics={"train": collections.defaultdict(list)},
         get_off_policy_mask=GRPOTrainer.get_off_policy_mask,
@@ -82,11 +88,12 @@ def trl_loss(config: GRPOLossConfig, t: dict):
         _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, torch.zeros_like(logprobs),
                                                              None))
     inputs = {
-        "prompt_ids": torch.zeros((B, 1), dtype=torch.long),
-        "prompt_mask": torch.ones((B, 1), dtype=torch.long),
-        "completion_ids": torch.zeros((B, T), dtype=torch.long), "completion_mask": mask,
+        "prompt_ids": torch.zeros((len(mask), 1), dtype=torch.long),
+        "prompt_mask": torch.ones((len(mask), 1), dtype=torch.long),
+        "completion_ids": torch.zeros(mask.shape, dtype=torch.long), "completion_mask": mask,
         "advantages": as_torch["advantages"], "old_per_token_logps": as_torch["old"],
-        "ref_per_token_logps": as_torch["ref"], "num_items_in_batch": mask.sum(),
+        "ref_per_token_logps": as_torch["ref"],
+        "num_items_in_batch": mask.sum() if batch_tokens is None else torch.tensor(batch_tokens),
     }
     if corrected:
         inputs["sampling_per_token_logps"] = as_torch["sampler"]
@@ -98,13 +105,14 @@ def trl_loss(config: GRPOLossConfig, t: dict):
     return loss.item(), logprobs.grad.numpy(), metrics
 
 
-def our_loss(config: GRPOLossConfig, t: dict):
+def our_loss(config: GRPOLossConfig, t: dict, normaliser=None):
     f32 = {k: jnp.asarray(v, jnp.float32) for k, v in t.items()}
     mask = f32["mask"]
+    normaliser = grpo.batch_normaliser(mask) if normaliser is None else normaliser
 
     def loss_fn(logprobs):
         return grpo.grpo_loss(
-            logprobs, f32["old"], f32["advantages"], mask, grpo.batch_normaliser(mask), config,
+            logprobs, f32["old"], f32["advantages"], mask, normaliser, config,
             ref_logprobs=f32["ref"] if config.beta else None,
             sampler_logprobs=f32["sampler"] if config.importance_sampling_correction else None)
 
@@ -161,3 +169,42 @@ def test_delta_and_sapo_temperatures_equal_trls():
     assert_same(GRPOLossConfig(delta=1.1, epsilon_high=0.28), seed=1)
     assert_same(GRPOLossConfig(loss_type="sapo", sapo_temperature_pos=0.7,
                                sapo_temperature_neg=1.6), seed=2)
+
+
+def accumulated(config: GRPOLossConfig, parts: int, ours: bool):
+    """Loss and gradient summed over `parts` equal micro-batches of the batch, by TRL or by us."""
+    t = tensors(3)
+    rows = np.array_split(np.arange(B), parts)
+    normaliser = grpo.batch_normaliser(jnp.asarray(t["mask"]), parts)
+    total, grads = 0.0, []
+    for r in rows:
+        part = {k: v[r] for k, v in t.items()}
+        if ours:
+            value, grad, _ = our_loss(config, part, normaliser)
+        else:
+            value, grad, _ = trl_loss(config, part, parts, batch_tokens=t["mask"].sum())
+        total += value
+        grads.append(grad)
+    return total, np.concatenate(grads)
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_three_micro_batches_equal_trls_accumulation(loss_type, level):
+    scope = "micro_batch" if loss_type == "bnpo" else "batch"
+    config = GRPOLossConfig(loss_type=loss_type, importance_sampling_level=level, beta=0.04,
+                            use_bias_correction_kl=True, epsilon_high=0.28, bnpo_scope=scope,
+                            max_completion_length=T + 3)
+    trl_value, trl_grad = accumulated(config, 3, ours=False)
+    value, grad = accumulated(config, 3, ours=True)
+    assert value == pytest.approx(trl_value, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(grad, trl_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bnpo_over_the_whole_batch_is_the_deliberate_difference():
+    exact = GRPOLossConfig(loss_type="bnpo")  # micro-batches of 8, 6 and 4 tokens
+    trl_value, _ = accumulated(exact, 3, ours=False)
+    value, _ = accumulated(exact, 3, ours=True)
+    assert value != pytest.approx(trl_value, rel=1e-3)
+    # ... and equals dapo, the exact batch token mean.
+    assert value == pytest.approx(accumulated(GRPOLossConfig(loss_type="dapo"), 3, ours=True)[0])

@@ -296,3 +296,41 @@ def test_runs_under_a_two_device_mesh(checkpoint):
     tokens = json.loads(result.stdout.strip().splitlines()[-1])
     for prompt, samples in zip(PROMPTS, tokens):
         assert samples == [hf_greedy(hf_model, prompt, 10)] * 2
+
+
+DATA_PARALLEL_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh
+from arc_jax.model import Numerics, from_pretrained
+from arc_jax.rollout import JaxSampler, SamplingParams
+devices = np.array(jax.devices())
+out = {}
+for name, grid in (("one", devices[:1].reshape(1, 1, 1)), ("eight", devices.reshape(8, 1, 1))):
+    mesh = Mesh(grid, ("data", "fsdp", "tensor"))
+    model = from_pretrained(sys.argv[1], dtype=np.float32, mesh=mesh,
+                            numerics=Numerics(precision="highest"))
+    sampler = JaxSampler(model)
+    prompts = json.loads(sys.argv[2])
+    out[name] = [[list(c.token_ids) for c in cs] for sampling in (
+        SamplingParams(temperature=0, max_new_tokens=8, stop_token_ids=()),
+        SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=(), seed=5))
+        for cs in sampler.generate(prompts, 4, sampling)]
+print(json.dumps(out))
+"""
+
+
+def test_a_data_parallel_mesh_samples_what_one_device_samples(checkpoint):
+    """8 CPU devices on the data axis: the rows of the batch (prompts x n) are split over
+    them; greedy and seeded samples equal those of one device."""
+    path, _ = checkpoint
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    prompts = (PROMPTS * 4)[:4]
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT, str(path),
+                             json.dumps(prompts)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["eight"] == out["one"]
+    assert len(out["one"]) == 8 and len({tuple(s) for g in out["one"][4:] for s in g}) > 1

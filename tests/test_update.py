@@ -454,9 +454,10 @@ def test_updater_rejects_a_model_without_adapters_and_bad_settings():
 # -------------------------------------------------------------------------------- the mesh
 
 
-def test_four_device_mesh_gives_the_one_device_losses():
-    """3 updates on a (data=2, fsdp=2, tensor=1) mesh of 4 CPU devices and on 1 device, in a
-    subprocess because the device count is fixed when JAX starts."""
+def test_eight_device_meshes_give_the_one_device_losses_and_weights():
+    """3 updates on (data, fsdp, tensor) meshes (8, 1, 1), (2, 4, 1) and (1, 4, 2) of 8 CPU
+    devices and on 1 device, in a subprocess because the device count is fixed when JAX
+    starts: the same losses and the same updated LoRA weights."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -468,32 +469,37 @@ def test_four_device_mesh_gives_the_one_device_losses():
         from arc_jax.train.update import GRPOUpdater
 
         devices = np.array(jax.devices())
-        assert devices.size == 4, devices
-        batch = make_batch(p=4, g=2, s=12, t=5)
+        assert devices.size == 8, devices
+        batch = make_batch(p=8, g=2, s=12, t=5)
         out = {{}}
-        for name, grid in (("one", devices[:1].reshape(1, 1, 1)),
-                           ("four", devices.reshape(2, 2, 1))):
+        for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1), (1, 4, 2)):
+            grid = devices[:int(np.prod(shape))].reshape(shape)
             mesh = Mesh(grid, ("data", "fsdp", "tensor"))
             model = make_model(sharding=Sharding(mesh), layers=1)
             updater = GRPOUpdater(model, GRPOLossConfig(beta=0.04), OPTIMIZER,
                                   num_micro_batches=2)
+            name = "x".join(map(str, shape))
             out[name] = [updater.step(batch) for _ in range(3)]
-            lora_a = model.layers[0].mlp.up_proj.lora_a[...]
-            out[name + "_spec"] = str(lora_a.sharding.spec)
-            out[name + "_devices"] = len(lora_a.sharding.device_set)
+            mlp = model.layers[0].mlp
+            out[name + "_lora"] = np.asarray(mlp.up_proj.lora_b[...]).tolist()
+            out[name + "_specs"] = [str(mlp.up_proj.lora_a[...].sharding.spec),
+                                    str(mlp.up_proj.kernel[...].sharding.spec)]
         print(json.dumps(out))
     """).format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["four_devices"] == 4 and "fsdp" in out["four_spec"]
-    for one, four in zip(out["one"], out["four"]):
-        for name in ("loss", "grad_norm", "kl", "entropy"):
-            close(four[name], one[name], rtol=1e-4, atol=1e-6)
-    assert out["one"][2]["loss"] != out["one"][0]["loss"]
+    # FSDP shards the model dimension, tensor parallelism the MLP dimension.
+    assert "fsdp" in out["2x4x1_specs"][0] and "tensor" in out["1x4x2_specs"][1]
+    for mesh in ("8x1x1", "2x4x1", "1x4x2"):
+        for one, other in zip(out["1x1x1"], out[mesh]):
+            for name in ("loss", "grad_norm", "kl", "entropy"):
+                close(other[name], one[name], rtol=1e-4, atol=1e-6)
+        close(np.array(out[mesh + "_lora"]), np.array(out["1x1x1_lora"]), rtol=1e-4, atol=1e-5)
+    assert out["1x1x1"][2]["loss"] != out["1x1x1"][0]["loss"]
 
 
 # ---------------------------------------------------------------------------- chunked log-probs

@@ -8,6 +8,7 @@ so that the tasks, prompts and engine of each mode come from one definition.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 
@@ -17,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from arc_jax import data
+from arc_jax.config import ConfigError
 from arc_jax.execution import ExecutionConfig
 from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
 from arc_jax.train import grpo
@@ -60,21 +62,44 @@ def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
+    if jax.process_count() > 1:
+        # The update runs under several controllers (tests/test_distributed.py), but rollouts,
+        # scoring, checkpoints and logs are still written for one.
+        raise ConfigError(f"this run has {jax.process_count()} processes; training and "
+                          "evaluation run in one process so far (one host, all its devices)")
     shape = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
     devices = jax.device_count()
     if shape.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {shape}")
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {shape}")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         if devices % known:
-            raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor): {devices} "
+            raise ConfigError(f"config.mesh {tuple(shape)} (data, fsdp, tensor): {devices} "
                              f"devices do not split into axes of {known} and the rest")
         shape[shape.index(-1)] = devices // known
     if math.prod(shape) != devices:
-        raise ValueError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
+        raise ConfigError(f"config.mesh {tuple(shape)} (data, fsdp, tensor) needs "
                          f"{math.prod(shape)} devices, found {devices}")
     # A plain Mesh: its axes are "auto", so XLA places what the model's annotations leave open.
     return jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+def check_mesh(mesh: jax.sharding.Mesh, model_path: str, prompts_per_step: int) -> None:
+    """Refuses, before the model loads, a mesh whose `tensor` axis does not divide the heads
+    and MLP of the model at `model_path`, or whose `data` axis does not divide the prompts of
+    a step (each data shard samples and updates whole prompts)."""
+    tensor, data_size = mesh.shape["tensor"], mesh.shape["data"]
+    with open(pathlib.Path(model_path) / "config.json") as f:
+        model = json.load(f)
+    for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        size = model.get(name, model.get("num_attention_heads"))
+        if size % tensor:
+            raise ConfigError(f"config.mesh.tensor={tensor} does not divide the model's {name}="
+                              f"{size} ({model_path}/config.json); choose a divisor")
+    if prompts_per_step % data_size:
+        raise ConfigError(f"config.mesh.data={data_size} does not divide the {prompts_per_step} "
+                          "prompts of a step (generation_batch_size / num_generations); raise "
+                          "generation_batch_size or move devices to mesh.fsdp")
 
 
 def resolve_model_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:

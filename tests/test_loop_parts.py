@@ -1,10 +1,13 @@
 """Pieces of the GRPO loop that need no model: batch assembly, metrics, the step plan."""
 
+import json
+import types
+
 import numpy as np
 import pytest
 
 from arc_jax import episode, session
-from arc_jax.config import default_config
+from arc_jax.config import ConfigError, default_config
 from arc_jax.rollout import Completion, PromptBuckets
 from arc_jax.train import grpo
 from arc_jax.train import loop
@@ -111,3 +114,15 @@ def test_one_bucket_pads_every_admitted_prompt_to_the_longest():
     assert [capped(n) for n in (10, 700, 4097, 6145, 8676)] == [64, 768, 6144, 8192, 8704]
     with pytest.raises(ValueError, match="bits=0"):
         PromptBuckets(bits=0)
+
+
+def test_a_mesh_that_does_not_divide_the_heads_or_the_prompts_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336}))
+    mesh = lambda data, tensor: types.SimpleNamespace(shape={"data": data, "tensor": tensor})  # noqa: E731
+    session.check_mesh(mesh(2, 8), str(tmp_path), prompts_per_step=4)
+    with pytest.raises(ConfigError, match=r"mesh.tensor=16 does not divide the model's "
+                                          r"num_key_value_heads=8"):
+        session.check_mesh(mesh(1, 16), str(tmp_path), prompts_per_step=4)
+    with pytest.raises(ConfigError, match=r"mesh.data=8 does not divide the 4 prompts of a step"):
+        session.check_mesh(mesh(8, 1), str(tmp_path), prompts_per_step=4)

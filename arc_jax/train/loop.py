@@ -198,6 +198,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tasks = session.select_tasks(config, tokenizer)
     plan = step_plan(config, len(tasks))
     print(f"step plan: {plan.describe()}")
+    session.check_mesh(mesh, model_path, plan.prompts_per_step)
     model = session.load_policy(config, model_path, mesh)
     execution = session.execution_config(config)
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=plan.max_prompt_length)

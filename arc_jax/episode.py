@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from arc_jax import data
+from arc_jax import distributed
 from arc_jax import prompts
 from arc_jax import rewards
 from arc_jax.execution import ExecutionPool
@@ -77,6 +78,15 @@ class PromptMaker:
             draws.append(draw)
             ids.append(prompt)
         return draws, ids, skipped
+
+
+def agree_rewards(groups: Sequence[Group]) -> list[Group]:
+    """The groups with process 0's rewards in every record (each host scores the programs in
+    its own pool; a timeout on one host only must not make the hosts' updates differ)."""
+    rewards = distributed.agree([[r.reward for r in g.records] for g in groups])
+    return [dataclasses.replace(g, records=[dataclasses.replace(r, reward=float(v))
+                                            for r, v in zip(g.records, row)])
+            for g, row in zip(groups, rewards)]
 
 
 def sample_and_score(engine: RolloutEngine, pool: ExecutionPool, draws: Sequence[Draw],

@@ -21,6 +21,7 @@ import pathlib
 import zlib
 from collections.abc import Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -61,6 +62,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
     if config.dry_run:
         print(plan(config, len(data.load_tasks(config.dataset))))
         return {}
+    if jax.process_count() > 1:
+        raise ConfigError("evaluation runs in one process (all devices of one host); this run "
+                          f"has {jax.process_count()}")
     if config.checkpoint and not pathlib.Path(config.checkpoint).exists():
         raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r} does not exist")
     out = pathlib.Path(e.output_dir)

@@ -7,7 +7,6 @@ the config does not have is an error. `config.mode` picks what runs.
 """
 
 import importlib
-import os
 import sys
 
 from absl import app
@@ -16,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from arc_jax.config import ConfigError, validate
+from arc_jax.distributed import DistributedSettingsError, initialize_from_environment
 from arc_jax.data.types import TaskFormatError
 from arc_jax.model.checkpoint import CheckpointError as ModelCheckpointError
 from arc_jax.rollout.memory import RolloutMemoryError
@@ -49,32 +49,6 @@ def resolve_mode(mode: str):
     return getattr(importlib.import_module(module_name), function_name)
 
 
-DISTRIBUTED_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-
-
-def initialize_distributed(environ=os.environ) -> bool:
-    """Joins a multi-process run (`jax.distributed.initialize`) when the variables that
-    launch/gpu_vm.sh exports are set; returns whether it did."""
-    given = [name for name in DISTRIBUTED_VARIABLES if environ.get(name)]
-    if not given:
-        return False
-    if len(given) != len(DISTRIBUTED_VARIABLES):
-        raise ConfigError(f"a multi-process run needs all of {', '.join(DISTRIBUTED_VARIABLES)}; "
-                          f"only {', '.join(given)} set")
-    try:
-        count, index = int(environ["JAX_NUM_PROCESSES"]), int(environ["JAX_PROCESS_ID"])
-    except ValueError:
-        raise ConfigError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers, got "
-                          f"{environ['JAX_NUM_PROCESSES']!r} and {environ['JAX_PROCESS_ID']!r}")
-    if not 0 <= index < count:
-        raise ConfigError(f"JAX_PROCESS_ID={index} must be in [0, JAX_NUM_PROCESSES={count})")
-    import jax
-
-    jax.distributed.initialize(coordinator_address=environ["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=count, process_id=index)
-    return True
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -85,10 +59,11 @@ def main(argv):
     run = resolve_mode(config.mode)
     try:
         validate(config)
-        initialize_distributed()
+        initialize_from_environment()
         run(config)
     except (ConfigError, TaskFormatError, FileNotFoundError, RolloutMemoryError,
-            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError, VLLMError) as e:  # bad user input or settings: one clear line
+            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError, VLLMError,
+            DistributedSettingsError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 
 

@@ -62,11 +62,7 @@ def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
-    if jax.process_count() > 1:
-        # The update runs under several controllers (tests/test_distributed.py), but rollouts,
-        # scoring, checkpoints and logs are still written for one.
-        raise ConfigError(f"this run has {jax.process_count()} processes; training and "
-                          "evaluation run in one process so far (one host, all its devices)")
+
     shape = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
     devices = jax.device_count()
     if shape.count(-1) > 1:
@@ -208,6 +204,9 @@ def make_engine(config: ml_collections.ConfigDict, model: Llama, tokenizer,
     """The rollout engine `config.rollout.engine` names, sampling from `model` (whose base
     weights are those of `model_path`); a context manager (closing stops a vLLM server)."""
     if config.rollout.engine == "vllm":
+        if jax.process_count() > 1:
+            raise ConfigError("config.rollout.engine='vllm' runs in one process: every process "
+                              "of this multi-process run would start its own server")
         return VLLMEngine(model, tokenizer, model_path, vllm_config(config), config.workdir)
     if config.rollout.engine != "jax":
         raise ValueError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "

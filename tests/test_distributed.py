@@ -1,5 +1,6 @@
-"""Multi-process runs: `launch.initialize_distributed` and the GRPO update under two JAX
-processes on this machine (jax.distributed over localhost, CPU collectives through gloo)."""
+"""Multi-process runs: `distributed.initialize_from_environment` and the GRPO update under two
+JAX processes on this machine (jax.distributed over localhost, CPU collectives through gloo).
+The whole training loop under two processes is tested in test_train_loop.py."""
 
 import json
 import os
@@ -11,8 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from arc_jax.config import ConfigError
-from arc_jax.launch import initialize_distributed
+from arc_jax.distributed import DistributedSettingsError, initialize_from_environment
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -20,8 +20,8 @@ UPDATE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from arc_jax.launch import initialize_distributed
-    joined = initialize_distributed()
+    from arc_jax.distributed import initialize_from_environment
+    joined = initialize_from_environment()
     import numpy as np
     from jax.sharding import Mesh
     sys.path.insert(0, {tests!r})
@@ -82,6 +82,6 @@ def test_two_processes_update_as_one_process_with_two_devices():
      r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2\)"),
 ])
 def test_incomplete_distributed_settings_are_refused(environ, message):
-    with pytest.raises(ConfigError, match=message):
-        initialize_distributed(environ)
-    assert initialize_distributed({}) is False
+    with pytest.raises(DistributedSettingsError, match=message):
+        initialize_from_environment(environ)
+    assert initialize_from_environment({}) is False

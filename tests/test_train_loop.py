@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,44 @@ def test_four_device_mesh_gives_the_one_device_losses(smoke_run, tmp_path):
         np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-3, atol=1e-6)
         assert b["reward/mean"] == pytest.approx(a["reward/mean"], rel=1e-6)
+
+
+def test_two_processes_train_resume_and_match_one_process(smoke_run, tmp_path):
+    """The demo under two JAX processes on localhost (jax.distributed, one CPU device each):
+    2 steps and a checkpoint, then a second launch resumes from it for steps 3-4. The losses
+    and rewards equal those of one process with two devices; process 0 writes the workdir's
+    metrics, process 1 its own under process_1/."""
+    one = _with_toy_policy(smoke_run, tmp_path / "one")
+    _run(one, "--config.max_steps=4",
+         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+
+    two = _with_toy_policy(smoke_run, tmp_path / "two")
+
+    def launch_pair(max_steps: int) -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
+        command = _command(two, f"--config.max_steps={max_steps}", "--config.save_steps=2",
+                           "--config.compilation_cache=False")
+        processes = [subprocess.Popen(command, cwd=_ROOT, env=dict(env, JAX_PROCESS_ID=str(i)),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for i in range(2)]
+        outputs = []
+        for p in processes:
+            out, err = p.communicate(timeout=1200)
+            assert p.returncode == 0, err[-3000:]
+            outputs.append(out)
+        return outputs
+
+    launch_pair(2)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2"]
+    main_out, _ = launch_pair(4)
+    assert "resumed from the checkpoint of step 2" in main_out
+    merged, single = read_metrics(two), read_metrics(one)
+    assert [m["step"] for m in merged] == [1, 2, 3, 4]
+    assert [m["step"] for m in read_metrics(two / "process_1")] == [1, 2, 3, 4]
+    for a, b in zip(single, merged, strict=True):
+        assert b["reward/mean"] == pytest.approx(a["reward/mean"], rel=1e-6)
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)

@@ -79,7 +79,7 @@ def plan_memory(config: LlamaConfig, dtype, prompts: int, prompt_len: int, n: in
 def free_device_bytes(device: jax.Device | None = None) -> int:
     """Free memory of the device (its allocator's limit minus what is in use); on CPU, the
     host's available physical memory."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

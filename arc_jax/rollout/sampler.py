@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from arc_jax import distributed
 from arc_jax.model.llama import Llama
 from arc_jax.model.lora import LoraParam, merge_lora
 from arc_jax.rollout.decode import decode, prefill, row_keys
@@ -253,7 +254,7 @@ class JaxSampler:
                                                    adapters=not self._merge)
         rollout = self._decode(*weights, prompt_cache, tokens, first_logits, active, ids,
                                np.uint32(seed), n=n, sampling=sampling, adapters=not self._merge)
-        rollout = jax.device_get(rollout)
+        rollout = distributed.to_host(rollout)
         return [[self._completion(rollout, p * n + i) for i in range(n)]
                 for p in range(len(prompts))]
 

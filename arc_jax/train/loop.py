@@ -17,6 +17,7 @@ killed run resumed from its checkpoint repeats exactly what an uninterrupted run
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -30,6 +31,7 @@ from absl import logging
 from flax import nnx
 
 from arc_jax import data
+from arc_jax import distributed
 from arc_jax import prompts
 from arc_jax import session
 from arc_jax import episode
@@ -148,8 +150,8 @@ def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]
 
 
 def device_memory_metrics() -> dict[str, float]:
-    """Peak and current memory of the first device (GiB), where the device reports it."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """Peak and current memory of this process's first device (GiB), where it reports it."""
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" not in stats:
         return {}
     return {"memory/peak_gib": stats["peak_bytes_in_use"] / 2**30,
@@ -205,8 +207,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
     with ExecutionPool(execution) as pool, CompileCounter() as compiles, \
             session.make_engine(config, model, tokenizer, buckets, model_path) as engine, \
             Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
-            MetricsLogger(workdir, tensorboard=config.tensorboard,
-                          wandb_project=config.wandb_project or None,
+            MetricsLogger(distributed.output_dir(workdir), tensorboard=config.tensorboard,
+                          wandb_project=(config.wandb_project or None) if distributed.is_main()
+                          else None,
                           config=config.to_dict()) as logger:
         trainer = _Trainer(config, plan, model, tokenizer, tasks, engine, buckets, pool,
                            checkpointer, logger, mesh, compiles)
@@ -233,7 +236,7 @@ class _Trainer:
         self.config, self.plan, self.model, self.tokenizer = config, plan, model, tokenizer
         self.tasks, self.pool, self.checkpointer, self.logger = tasks, pool, checkpointer, logger
         self.mesh, self.compiles = mesh, compiles
-        self.workdir = pathlib.Path(config.workdir)
+        self.outdir = distributed.output_dir(pathlib.Path(config.workdir))
         self.loss = session.loss_config(config)
         self.buckets, self.sampler = buckets, engine
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
@@ -300,6 +303,7 @@ class _Trainer:
         groups, rollout_s, reward_s = sample_and_score(
             self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
             config.reward_name, config.sampler.max_prompts_per_batch)
+        groups = episode.agree_rewards(groups)
         begin = time.perf_counter()
         batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
                                           loss=self.loss, completion_length=config.max_completion_length,
@@ -353,7 +357,7 @@ class _Trainer:
 
     def evaluate(self, name: str) -> dict:
         """Solve rates of the current policy on the training tasks, cached in workdir/eval_<name>.json."""
-        path = self.workdir / f"eval_{name}.json"
+        path = self.outdir / f"eval_{name}.json"
         if path.exists():
             return json.loads(path.read_text())
         sampling = session.sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
@@ -372,11 +376,11 @@ class _Trainer:
         if start:
             print(f"resumed from the checkpoint of step {start}")
         before = self.evaluate("before") if config.eval.num_samples else None
-        progress = ProgressBar(self.plan.total_steps, initial_step=start)
+        progress = self._progress(start)
         step = start
         while step < self.plan.total_steps:
             step += 1
-            metrics = self.step(step)
+            metrics = distributed.agree(self.step(step))  # process 0's, on every process
             if step % config.logging_steps == 0 or step == self.plan.total_steps:
                 self.logger.log(step, metrics)
                 verdict = self.guard.update(step, metrics)
@@ -385,7 +389,7 @@ class _Trainer:
                     break
                 if verdict.rollback:
                     step = self._roll_back(verdict)
-                    progress = ProgressBar(self.plan.total_steps, initial_step=step)
+                    progress = self._progress(step)
                     continue
             progress.update(step, metrics)
             if step % config.save_steps == 0 or step == self.plan.total_steps:
@@ -393,8 +397,13 @@ class _Trainer:
         progress.close()
         self.checkpointer.wait()
         after = self.evaluate("after") if config.eval.num_samples else None
-        summary = report.write_summary(self.workdir, before, after)
+        summary = report.write_summary(self.outdir, before, after)
         return summary
+
+    def _progress(self, step: int) -> ProgressBar:
+        """The progress bar, shown by process 0 only."""
+        return ProgressBar(self.plan.total_steps, initial_step=step,
+                           file=None if distributed.is_main() else io.StringIO())
 
     def _roll_back(self, verdict) -> int:
         target = self.checkpointer.latest_step(at_most=verdict.rollback_to)

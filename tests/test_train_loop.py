@@ -23,7 +23,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Wall-clock figures differ between any two runs, and so do compilations (a resumed process
 # compiles its first step again); everything else must not.
 _TIMING_KEYS = ("time/rollout_s", "time/reward_s", "time/update_s", "time/step_s",
-                "time/compile_s", "tokens_per_s", "compiles", "compile_cache_hits")
+                "time/compile_s", "time/sync_s", "tokens_per_s", "compiles", "compile_cache_hits")
 
 
 def _command(workdir: pathlib.Path, *overrides: str) -> list[str]:

@@ -316,7 +316,7 @@ class _Trainer:
             # The trainer's log-probs before the update: old log-probs of the loss, and the
             # yardstick of how far an external sampler is from the trainer.
             batch = batch._replace(old_logprobs=self.updater.logprobs(batch))
-            agreement = grpo.sampler_agreement(jax.device_get(batch.old_logprobs),
+            agreement = grpo.sampler_agreement(distributed.to_host(batch.old_logprobs),
                                                sampler_logprobs, batch.completion_mask)
         for _ in range(config.num_iterations):
             update = self.updater.step(batch)

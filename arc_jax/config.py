@@ -118,7 +118,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.rollout.vllm.max_concurrent_requests = 64
     config.rollout.vllm.max_restarts = 3  # restarts of a started server that died, per run
     config.sampler = ml_collections.ConfigDict()
-    config.sampler.max_prompts_per_batch = 8
+    config.sampler.max_prompts_per_batch = 8  # prompts per engine call in training (their
+    # programs run while the next call samples)
+    config.sampler.max_rows = 256  # most sequences the JAX sampler decodes at once
+    config.sampler.rows_per_prompt = 16  # rows that share one prompt's cache
+    config.sampler.page_size = 32  # tokens per page of the completion cache
+    config.sampler.segment_steps = 64  # most decoding steps between two visits of the host
+    config.sampler.attention = "auto"  # own-key attention: "pallas" (GPU), "xla", or "auto"
+    config.sampler.memory_fraction = 0.9  # share of the free device memory the sampler plans on
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
 
     # Rewards and program execution.
@@ -244,6 +251,13 @@ _RULES = (
     ("min_p", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
     ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
+    ("sampler.max_rows", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sampler.rows_per_prompt", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sampler.page_size", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sampler.segment_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sampler.attention", lambda v, c: v in ("auto", "xla", "pallas"),
+     "'auto', 'xla' or 'pallas'"),
+    ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("rollout.engine", lambda v, c: v in ("jax", "vllm"), "'jax' or 'vllm'"),
     ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,

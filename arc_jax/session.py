@@ -211,6 +211,8 @@ def make_engine(config: ml_collections.ConfigDict, model: Llama, tokenizer,
     if config.rollout.engine != "jax":
         raise ValueError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "
                          f"{list(ENGINES)}")
+    s = config.sampler
     return JaxSampler(model, tokenizer, SamplerConfig(
-        max_prompts_per_batch=config.sampler.max_prompts_per_batch, buckets=buckets,
-        seed=config.seed, merge_lora=config.sampler.merge_lora))
+        max_rows=s.max_rows, rows_per_prompt=s.rows_per_prompt, page_size=s.page_size,
+        segment_steps=s.segment_steps, attention=s.attention, buckets=buckets,
+        memory_fraction=s.memory_fraction, seed=config.seed, merge_lora=s.merge_lora))

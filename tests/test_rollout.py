@@ -28,9 +28,9 @@ from arc_jax.rollout import (
     RolloutMemoryError,
     SamplerConfig,
     SamplingParams,
-    plan_memory,
+    choose_slots,
 )
-from arc_jax.rollout.decode import empty_completion_cache, prefill
+from arc_jax.rollout.decode import PagePool, Rows, SlotCache
 from arc_jax.rollout.sampler import bucket_length
 
 VOCAB = 97
@@ -130,7 +130,7 @@ def test_sampled_logprobs_equal_log_softmax_of_transformed_logits(checkpoint, sa
 def test_seed_reproducible_across_batching_and_different_per_seed(checkpoint, sampler):
     sampling = SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=(), seed=7)
     together = sampler.generate(PROMPTS, 2, sampling)
-    one_by_one = JaxSampler(load(checkpoint[0]), config=SamplerConfig(max_prompts_per_batch=1))
+    one_by_one = JaxSampler(load(checkpoint[0]), config=SamplerConfig(max_rows=2))
     apart = one_by_one.generate(PROMPTS, 2, sampling)
     tokens = lambda results: [[c.token_ids for c in cs] for cs in results]
     assert tokens(together) == tokens(apart)
@@ -140,28 +140,25 @@ def test_seed_reproducible_across_batching_and_different_per_seed(checkpoint, sa
 
 
 def test_prompt_cache_is_not_copied_per_sample(sampler):
-    model = nnx.merge(sampler._graphdef, sampler._lora, sampler._base)
-    tokens = np.ones((2, 64), np.int32)
-    prompt, _ = jax.eval_shape(lambda: prefill(model, tokens, np.array([64, 10])))
-    own = jax.eval_shape(lambda: empty_completion_cache(model, 2, 8, 5))
-    assert prompt.k[0].shape == (2, 64, 2, 16)  # [P, S, K, H]: one copy per prompt
-    assert own.k[0].shape == (2, 8, 5, 2, 16)  # [P, n, T, K, H]
-
-    # The compiled decoding program: going from 1 to 8 samples must not add 7 prompt caches.
-    p, s = 2, 1024
-    tokens = np.ones((p, s), np.int32)
-    lengths = np.full((p,), s, np.int32)
-    args = (sampler._graphdef, sampler._lora, sampler._base)
-    prompt, first = jax.eval_shape(functools.partial(sampler._prefill, adapters=True), *args,
-                                   tokens, lengths)
-    prompt_cache_bytes = sum(x.size * 4 for x in prompt.k + prompt.v)
-
-    def temp_bytes(n):
-        compiled = sampler._decode.lower(
-            *args, prompt, tokens, first, np.ones(p, bool), np.zeros(p, np.int32), np.uint32(0),
-            n=n, sampling=SamplingParams(max_new_tokens=4), adapters=True).compile()
+    # The compiled decoding segment: going from 1 to 8 rows per prompt slot must not add 7
+    # prompt caches (the rows of a slot share its prompt's keys and values).
+    def temp_bytes(rows_per_prompt):
+        plan = choose_slots(sampler.model_config, np.float32, 2 ** 30, num_prompts=1,
+                            n=rows_per_prompt, prompt_len=1024, max_new_tokens=4,
+                            max_rows=rows_per_prompt, rows_per_prompt=rows_per_prompt,
+                            page_size=4)
+        model = nnx.merge(*sampler._weights)
+        cache = SlotCache.empty(model, plan.prompts, plan.prompt_len, False)
+        pool = PagePool.empty(model, plan.pages, plan.page_size)
+        rows = Rows.empty(plan.rows, VOCAB, False)
+        b = plan.rows
+        compiled = sampler._segment.lower(
+            *sampler._weights, cache, pool, np.zeros((b, 1), np.int32), rows, np.ones(b, bool),
+            np.ones(b, bool), np.zeros((b, 2), np.uint32), np.int32(b + 1), steps=4,
+            sampling=SamplingParams(max_new_tokens=4), attention="xla", adapters=True).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
+    prompt_cache_bytes = 1024 * 2 * 2 * 2 * 16 * 4  # S x layers x (k, v) x K x H x 4 bytes
     assert temp_bytes(8) - temp_bytes(1) < prompt_cache_bytes
 
 
@@ -170,7 +167,7 @@ def test_update_weights_changes_outputs_without_recompiling(checkpoint):
     lora = LoraConfig(rank=4, alpha=8.0)
     sampler = JaxSampler(load(path, lora=lora))
     before = sampler.generate(PROMPTS, 1, GREEDY)
-    compiled = sampler._decode._cache_size()
+    compiled = sampler._segment._cache_size()
 
     trained = load(path, lora=lora)
     state = nnx.state(trained, LoraParam)
@@ -179,7 +176,7 @@ def test_update_weights_changes_outputs_without_recompiling(checkpoint):
     nnx.update(trained, state)
     sampler.update_weights(state)
     after = sampler.generate(PROMPTS, 1, GREEDY)
-    assert sampler._decode._cache_size() == compiled
+    assert sampler._segment._cache_size() == compiled
     assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
     fresh = JaxSampler(trained).generate(PROMPTS, 1, GREEDY)
     assert [c[0].token_ids for c in after] == [c[0].token_ids for c in fresh]
@@ -210,29 +207,36 @@ def test_merged_weights_sample_what_the_adapters_compute(checkpoint):
         np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-4)
 
 
-def test_memory_plan_by_hand(sampler):
+def test_slot_plan_by_hand(sampler):
     # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes = 512 bytes per token.
-    plan = plan_memory(sampler.model_config, np.float32, prompts=2, prompt_len=64, n=3,
-                       max_new_tokens=20)
-    assert plan.prompt_cache == 2 * 64 * 512
-    assert plan.completion_cache == 2 * 3 * 20 * 512
-    assert plan.total > plan.prompt_cache + plan.completion_cache
+    plan = choose_slots(sampler.model_config, np.float32, 2 ** 30, num_prompts=5, n=3,
+                        prompt_len=64, max_new_tokens=20, max_rows=8, rows_per_prompt=16,
+                        page_size=8)
+    assert (plan.prompts, plan.rows_per_prompt, plan.rows) == (2, 3, 6)  # 8 // 3 slots of 3
+    assert plan.pages_per_row == 3 and plan.pages == 1 + 6 * 3  # every row can reach 20 tokens
+    assert plan.page_pool == plan.pages * 8 * 512
+    assert plan.prompt_cache == 2 * (64 * (512 + 1) + VOCAB * 5)
 
 
-def test_refuses_a_batch_that_does_not_fit(checkpoint):
+def test_short_memory_gives_fewer_pages_then_fewer_rows(sampler):
+    args = dict(num_prompts=4, n=4, prompt_len=64, max_new_tokens=32, max_rows=16,
+                rows_per_prompt=4, page_size=8)
+    full = choose_slots(sampler.model_config, np.float32, 2 ** 30, **args)
+    assert full.rows == 16 and full.pages == 1 + 16 * 4
+    # Pages for half of every row's reach: still 16 rows, which then wait for pages.
+    half = choose_slots(sampler.model_config, np.float32, full.total - 16 * 2 * 8 * 512, **args)
+    assert half.rows == 16 and 1 + 16 * 2 <= half.pages < full.pages
+    fewer = choose_slots(sampler.model_config, np.float32, half.total - 8 * 512 * 4, **args)
+    assert fewer.rows == 8
+
+
+def test_refuses_a_call_that_does_not_fit_in_one_line(checkpoint):
     tiny = JaxSampler(load(checkpoint[0]), config=SamplerConfig(memory_bytes=10_000))
-    with pytest.raises(RolloutMemoryError, match=r"needs .* GiB .* only .* free.*Lower n"):
+    with pytest.raises(RolloutMemoryError) as error:
         tiny.generate(PROMPTS, 3, GREEDY)
-
-
-def test_splits_prompts_into_smaller_batches_when_memory_is_short(checkpoint, sampler):
-    one = sampler.plan(1, 64, 3, 20).total
-    two = sampler.plan(2, 64, 3, 20).total
-    assert one < two
-    narrow = JaxSampler(load(checkpoint[0]), config=SamplerConfig(memory_bytes=(one + two) // 2))
-    batches = list(narrow._batches(PROMPTS, 3, 20))
-    assert [len(b) for b, _ in batches] == [1, 1]
-    assert narrow.generate(PROMPTS, 3, GREEDY) == sampler.generate(PROMPTS, 3, GREEDY)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "needs" in message and "GiB" in message and "sampler.memory_fraction" in message
 
 
 def test_prompt_length_buckets():

@@ -6,7 +6,7 @@ from arc_jax.rollout.interface import (
     RolloutEngine,
     SamplingParams,
 )
-from arc_jax.rollout.memory import MemoryPlan, RolloutMemoryError, plan_memory
+from arc_jax.rollout.memory import RolloutMemoryError, SlotPlan, choose_slots
 from arc_jax.rollout.sampler import JaxSampler, PromptBuckets, SamplerConfig
 from arc_jax.rollout.vllm import VLLMConfig, VLLMEngine, VLLMError
 
@@ -14,7 +14,6 @@ __all__ = [
     "Completion",
     "JaxSampler",
     "LLAMA3_STOP_TOKEN_IDS",
-    "MemoryPlan",
     "PromptBuckets",
     "RolloutEngine",
     "RolloutMemoryError",
@@ -23,5 +22,6 @@ __all__ = [
     "VLLMConfig",
     "VLLMEngine",
     "VLLMError",
-    "plan_memory",
+    "SlotPlan",
+    "choose_slots",
 ]

@@ -1,13 +1,21 @@
-"""Prefill once per prompt, then decode n samples per prompt against that one prompt cache.
+"""Continuous-batching decode: prompt slots, a paged completion cache, and segments of steps.
 
-Shapes: P prompts, n samples per prompt, B = P * n rows, S prompt slots (prompts are
-right-padded to S), T completion slots (max_new_tokens), D hidden size, N query heads,
-K key/value heads, g = N / K query heads per key/value head, H head dim, V vocabulary.
+Shapes: P prompt slots, R rows per slot, B = P * R decode rows, S prompt slots' length,
+M pages of `ps` tokens, n pages per row (ceil(max_new_tokens / ps)), D hidden size, N query
+heads, K key/value heads, H head dim, V vocabulary, k steps per segment.
 
-The prompt cache holds one copy of each prompt's keys and values [P, S, K, H]; each sample
-has its own completion cache [P, n, T, K, H]. A decoding query of sample (p, i) attends to
-the softmax over [prompt p's keys ; sample (p, i)'s completion keys], so each decoding step
-reads every prompt cache once, not n times.
+Row b decodes one sample of the prompt in slot b // R. Each prompt's keys and values exist
+once (`SlotCache`, [P, S, K, H]) and every row of its slot attends to them; a row's own keys
+and values live in pages of a shared pool (`PagePool`, [M, ps, K, H]) listed in its row of the
+page table [B, n], so a row holds memory for the tokens it has, not for max_new_tokens, and
+attention reads only the pages written. Page 0 is never given to a row: rows with nothing to
+do write there. Attention of a decoding query = the softmax over [prompt keys ; own keys],
+computed as two parts merged by their log-sum-exp (`arc_jax.rollout.attention`).
+
+The host (`arc_jax.rollout.sampler`) assigns samples to rows and pages to rows between
+segments; a segment (`decode_segment`) runs up to k steps on the device and stops early when
+enough rows have finished to refill them. A row's draws depend only on its key (seed, prompt
+index, sample index) and its own step, never on the other rows or on when it started.
 """
 
 from __future__ import annotations
@@ -16,163 +24,229 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from arc_jax.model.llama import KVCache, Llama, shared_prefix_attention
-from arc_jax.model.sharding import constrain
+from arc_jax.model.llama import KVCache, Llama
+from arc_jax.rollout import attention as paged
 from arc_jax.rollout.interface import SamplingParams
 from arc_jax.rollout.sampling import choose_tokens, process_logits, token_logprobs
 
+TRASH_PAGE = 0  # writes of idle rows go here; never read
+
 
 @flax.struct.dataclass
-class PromptCache:
-    """k[i], v[i]: layer i's [P, S, K, H]; valid [P, S]: slot holds a prompt token; lengths [P]."""
+class SlotCache:
+    """The prompts in the P slots.
+
+    k[i], v[i]: layer i's [P, S, K, H]. valid [P, S]: slot holds a prompt token. lengths [P].
+    first_logits [P, V]: logits at each prompt's last token (its samples' first draw).
+    seen [P, V] bool: tokens of the prompt (for the repetition penalty; [P, 0] without it).
+    """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
     valid: jax.Array
     lengths: jax.Array
+    first_logits: jax.Array
+    seen: jax.Array
+
+    @classmethod
+    def empty(cls, model: Llama, prompts: int, prompt_len: int, penalised: bool) -> SlotCache:
+        kv = KVCache.empty(model.config, prompts, prompt_len, model.numerics.compute_dtype)
+        vocab = model.config.vocab_size
+        return cls(k=kv.k, v=kv.v, valid=kv.valid, lengths=jnp.ones((prompts,), jnp.int32),
+                   first_logits=jnp.zeros((prompts, vocab), jnp.float32),
+                   seen=jnp.zeros((prompts, vocab if penalised else 0), bool))
 
 
 @flax.struct.dataclass
-class CompletionCache:
-    """k[i], v[i]: layer i's [P, n, T, K, H]; slot t holds the t-th generated token."""
+class PagePool:
+    """k[i], v[i]: layer i's [M, ps, K, H]; page 0 is the trash page."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
 
+    @classmethod
+    def empty(cls, model: Llama, pages: int, page_size: int) -> PagePool:
+        c = model.config
+        shape = (pages, page_size, c.num_key_value_heads, c.head_dim)
+        zeros = lambda: jnp.zeros(shape, model.numerics.compute_dtype)
+        layers = range(c.num_hidden_layers)
+        return cls(k=tuple(zeros() for _ in layers), v=tuple(zeros() for _ in layers))
+
+    @property
+    def page_size(self) -> int:
+        return self.k[0].shape[1]
+
 
 @flax.struct.dataclass
-class Rollout:
-    """Decoding results, rows b = p * n + i.
+class Rows:
+    """The state of the B decode rows between steps.
 
-    tokens, logprobs, temperature_logprobs [B, T]: entries past `lengths` are 0.
-    lengths [B]: tokens generated. stopped [B]: the last one is a stop token.
+    logits [B, V] float32: the next draw's logits. pos [B]: tokens generated so far.
+    keys [B, 2]: `row_key` of the row's sample. seen [B, V] (or [B, 0]): tokens of the prompt
+    and the completion so far. live [B]: the row is generating.
     """
+
+    logits: jax.Array
+    pos: jax.Array
+    keys: jax.Array
+    seen: jax.Array
+    live: jax.Array
+
+    @classmethod
+    def empty(cls, rows: int, vocab: int, penalised: bool) -> Rows:
+        return cls(logits=jnp.zeros((rows, vocab), jnp.float32), pos=jnp.zeros((rows,), jnp.int32),
+                   keys=jnp.zeros((rows, 2), jnp.uint32),
+                   seen=jnp.zeros((rows, vocab if penalised else 0), bool),
+                   live=jnp.zeros((rows,), bool))
+
+
+@flax.struct.dataclass
+class Segment:
+    """What a segment produced. tokens, logprobs, temperature_logprobs [B, k]: row b's tokens of
+    this segment are the first count[b] entries (entries past them are 0)."""
 
     tokens: jax.Array
     logprobs: jax.Array
     temperature_logprobs: jax.Array
-    lengths: jax.Array
-    stopped: jax.Array
+    count: jax.Array
 
 
-def prefill(model: Llama, tokens: jax.Array, lengths: jax.Array, adapters: bool = True
-            ) -> tuple[PromptCache, jax.Array]:
-    """Runs right-padded prompts tokens [P, S] (real lengths [P]) through the model.
-
-    Returns their cache and the logits [P, V] at each prompt's last token. adapters=False
-    runs the kernels alone (the sampler's merged weights).
-    """
-    p, s = tokens.shape
-    valid = jnp.arange(s)[None, :] < lengths[:, None]  # [P, S]
-    empty = KVCache.empty(model.config, p, s, model.numerics.compute_dtype)
-    h, cache = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)  # h [P, S, D]
-    last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [P, D]
-    prompt_axes = (None, "act_seq", "act_heads", None)
-    prompt = PromptCache(k=tuple(constrain(k, model.sharding, prompt_axes) for k in cache.k),
-                         v=tuple(constrain(v, model.sharding, prompt_axes) for v in cache.v),
-                         valid=valid, lengths=lengths)
-    return prompt, model.logits(last)
+def row_key(seed: int, prompt_index: int, sample_index: int) -> jax.Array:
+    """The PRNG key [2] of one sample: a function of the seed, the prompt's index in the call
+    and the sample's index only, so a sample does not depend on the batch it ran in."""
+    base = jax.random.PRNGKey(seed)
+    return jax.random.fold_in(jax.random.fold_in(base, prompt_index), sample_index)
 
 
-def empty_completion_cache(model: Llama, prompts: int, n: int, max_new_tokens: int
-                           ) -> CompletionCache:
-    c = model.config
-    shape = (prompts, n, max_new_tokens, c.num_key_value_heads, c.head_dim)
-    zeros = lambda: constrain(jnp.zeros(shape, model.numerics.compute_dtype), model.sharding,
-                              (None, "batch", None, "act_heads", None))
-    layers = range(c.num_hidden_layers)
-    return CompletionCache(k=tuple(zeros() for _ in layers), v=tuple(zeros() for _ in layers))
+row_keys = jax.jit(jax.vmap(row_key, in_axes=(None, 0, 0)))
 
 
-def decode_step(model: Llama, tokens: jax.Array, step: jax.Array, prompt: PromptCache,
-                own: CompletionCache, adapters: bool = True) -> tuple[jax.Array, CompletionCache]:
-    """Feeds the step-th generated tokens [P, n]; returns next-token logits [P * n, V] and the
-    completion cache with their keys and values written at slot `step`."""
-    p, n = tokens.shape
-    positions = jnp.repeat(prompt.lengths, n)[:, None] + step  # [B, 1]
-    own_valid = jnp.arange(own.k[0].shape[2]) <= step  # [T]
-    x = model.embed_tokens(tokens.reshape(p * n, 1))  # [B, 1, D]
+def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Array,
+                 length: jax.Array, *, adapters: bool = True) -> SlotCache:
+    """Runs one right-padded prompt tokens [1, S] (real length `length`) through the model and
+    writes its keys, values, last logits and token set into slot `slot` of the cache."""
+    s = tokens.shape[1]
+    valid = jnp.arange(s)[None, :] < length                                       # [1, S]
+    empty = KVCache.empty(model.config, 1, s, model.numerics.compute_dtype)
+    h, kv = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)
+    logits = model.logits(jax.lax.dynamic_index_in_dim(h[0], length - 1, keepdims=False))
+    put = lambda whole, part: jax.lax.dynamic_update_index_in_dim(whole, part, slot, 0)
+    seen = cache.seen
+    if seen.shape[1]:
+        seen = put(seen, jnp.zeros((seen.shape[1],), bool).at[tokens[0]].max(valid[0]))
+    return SlotCache(k=tuple(put(c, x[0]) for c, x in zip(cache.k, kv.k)),
+                     v=tuple(put(c, x[0]) for c, x in zip(cache.v, kv.v)),
+                     valid=put(cache.valid, valid[0]), lengths=put(cache.lengths, length),
+                     first_logits=put(cache.first_logits, logits), seen=seen)
+
+
+def grow_slots(cache: SlotCache, prompt_len: int) -> SlotCache:
+    """The cache with room for prompts of `prompt_len` tokens (the slots' contents kept)."""
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, prompt_len - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return cache.replace(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)),
+                         valid=pad(cache.valid))
+
+
+def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Array,
+                cache: SlotCache, pool: PagePool, table: jax.Array, *, attention: str,
+                adapters: bool = True) -> tuple[jax.Array, PagePool]:
+    """Feeds each row's token tokens [B] at its own index pos [B]; rows with writes [B] False
+    write into the trash page and their outputs are meaningless. Returns the next logits
+    [B, V] and the pool with the fed tokens' keys and values written."""
+    b = tokens.shape[0]
+    p = cache.lengths.shape[0]
+    r = b // p
+    ps = pool.page_size
+    slot_lengths = jnp.repeat(cache.lengths, r)                                   # [B]
+    positions = (slot_lengths + pos)[:, None]                                     # [B, 1]
+    page_index = jnp.minimum(pos // ps, table.shape[1] - 1)
+    page = jnp.where(writes, jnp.take_along_axis(table, page_index[:, None], 1)[:, 0], TRASH_PAGE)
+    offset = jnp.where(writes, pos % ps, 0)
+    own_lengths = jnp.where(writes, pos + 1, 0)                                   # [B]
+    x = model.embed_tokens(tokens[:, None])                                       # [B, 1, D]
     new_k, new_v = [], []
     for i, block in enumerate(model.layers):
         def attend(qkv, i=i):  # q [B, 1, N, H], k and v [B, 1, K, H]
             q, k, v = qkv
-            own_k, own_v = (jax.lax.dynamic_update_slice(
-                cache[i], new.reshape(p, n, 1, *new.shape[2:]).astype(cache[i].dtype),
-                (0, 0, step, 0, 0)) for cache, new in ((own.k, k), (own.v, v)))
-            attended = shared_prefix_attention(q.reshape(p, n, 1, *q.shape[2:]), prompt.k[i],
-                                               prompt.v[i], prompt.valid, own_k, own_v,
-                                               own_valid[None, :])  # [P, n, 1, N, H]
-            return attended.reshape(p * n, 1, *attended.shape[3:]), (own_k, own_v)
+            pool_k = pool.k[i].at[page, offset].set(k[:, 0].astype(pool.k[i].dtype))
+            pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
+            q = q[:, 0]                                                           # [B, N, H]
+            prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
+                                            cache.v[i], cache.valid)
+            prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
+            own = paged.paged_attention(q, pool_k, pool_v, table, own_lengths,
+                                        implementation=attention)
+            out = paged.merge(prefix, own).astype(q.dtype)
+            return out[:, None], (pool_k, pool_v)
 
-        x, (own_k, own_v) = block(x, positions, attend, adapters)
-        new_k.append(own_k)
-        new_v.append(own_v)
+        x, (pool_k, pool_v) = block(x, positions, attend, adapters)
+        new_k.append(pool_k)
+        new_v.append(pool_v)
     logits = model.logits(model.norm(x)[:, 0])
-    return logits, CompletionCache(k=tuple(new_k), v=tuple(new_v))
+    return logits, PagePool(k=tuple(new_k), v=tuple(new_v))
 
 
-def initial_seen(tokens: jax.Array, valid: jax.Array, vocab_size: int, n: int) -> jax.Array:
-    """[P * n, V] bool: the token occurs in the row's prompt (for the repetition penalty)."""
-    p, s = tokens.shape
-    rows = jnp.broadcast_to(jnp.arange(p)[:, None], (p, s))
-    seen = jnp.zeros((p, vocab_size), bool).at[rows, tokens].max(valid)
-    return jnp.repeat(seen, n, axis=0)
+def start_rows(rows: Rows, cache: SlotCache, active: jax.Array, reset: jax.Array,
+               keys: jax.Array) -> Rows:
+    """Rows with reset [B] start a new sample (key keys[b]) of their slot's prompt; rows not
+    active [B] stop."""
+    slot = jnp.arange(reset.shape[0]) // (reset.shape[0] // cache.lengths.shape[0])
+    pick = lambda new, old: jnp.where(reset.reshape(-1, *[1] * (old.ndim - 1)), new, old)
+    return Rows(logits=pick(cache.first_logits[slot], rows.logits), pos=pick(0, rows.pos),
+                keys=pick(keys, rows.keys), seen=pick(cache.seen[slot], rows.seen),
+                live=active & (rows.live | reset))
 
 
-def row_keys(seed: jax.Array, prompt_ids: jax.Array, n: int) -> jax.Array:
-    """One PRNG key per row [B, 2], from the seed, the prompt's index in the call and the
-    sample index, so a sample does not depend on which other prompts share its batch."""
-    base = jax.random.PRNGKey(seed)
-    per_prompt = jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_ids)
-    per_row = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n)))
-    return per_row(per_prompt).reshape(-1, 2)
+def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Array, rows: Rows,
+                   active: jax.Array, reset: jax.Array, keys: jax.Array, exit_after: jax.Array,
+                   *, steps: int,
+                   sampling: SamplingParams, attention: str, adapters: bool = True
+                   ) -> tuple[PagePool, Rows, Segment]:
+    """Up to `steps` decoding steps of the B rows.
 
-
-def decode(model: Llama, prompt: PromptCache, prompt_tokens: jax.Array, first_logits: jax.Array,
-           active: jax.Array, keys: jax.Array, *, n: int, sampling: SamplingParams,
-           adapters: bool = True) -> Rollout:
-    """Samples up to sampling.max_new_tokens tokens for n samples of each prompt.
-
-    first_logits [P, V]: from `prefill`. active [P]: False for padding prompts, whose samples
-    count as finished from the start. keys [B, 2]: `row_keys`. The loop ends as soon as every
-    sample has emitted a stop token.
+    active [B]: rows with a sample; reset [B], keys [B, 2]: rows that start a new sample now
+    (`start_rows`). table [B, n]: the
+    pages of each row, which must cover every token a live row can reach in `steps` steps.
+    The segment ends after `steps` steps, when no row is live, or as soon as `exit_after`
+    rows have finished in it. A row finishes when it emits a stop token (kept) or reaches
+    sampling.max_new_tokens.
     """
-    p = prompt_tokens.shape[0]
-    b, t_max = p * n, sampling.max_new_tokens
+    rows = start_rows(rows, cache, active, reset, keys)
+    b = reset.shape[0]
+    t_max = sampling.max_new_tokens
     stop_ids = jnp.asarray(sampling.stop_token_ids, jnp.int32)
     penalised = sampling.repetition_penalty != 1.0
     temperature = 1.0 if sampling.greedy else sampling.temperature
-    zeros = lambda dtype: jnp.zeros((b, t_max), dtype)
+    out = Segment(tokens=jnp.zeros((b, steps), jnp.int32),
+                  logprobs=jnp.zeros((b, steps), jnp.float32),
+                  temperature_logprobs=jnp.zeros((b, steps), jnp.float32),
+                  count=jnp.zeros((b,), jnp.int32))
 
     def cond(carry):
-        step, finished = carry[0], carry[6]
-        return (step < t_max) & ~jnp.all(finished)
+        i, _, rows, _, finished = carry
+        return (i < steps) & jnp.any(rows.live) & (finished < exit_after)
 
     def body(carry):
-        step, logits, own, tokens_out, lp_out, tlp_out, finished, lengths, seen = carry
-        processed = process_logits(logits, seen, sampling)
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-        running = ~finished
-        tokens = jnp.where(running, choose_tokens(step_keys, processed, sampling.greedy), 0)
-        lp = jnp.where(running, token_logprobs(processed, tokens), 0.0)
-        tlp = jnp.where(running, token_logprobs(logits / temperature, tokens), 0.0)
-        tokens_out = tokens_out.at[:, step].set(tokens)
-        lp_out = lp_out.at[:, step].set(lp)
-        tlp_out = tlp_out.at[:, step].set(tlp)
-        lengths = lengths + running
-        finished = finished | jnp.any(tokens[:, None] == stop_ids, axis=-1)
-        if penalised:
-            seen = seen.at[jnp.arange(b), tokens].set(True)
-        logits, own = decode_step(model, tokens.reshape(p, n), step, prompt, own, adapters)
-        return step + 1, logits, own, tokens_out, lp_out, tlp_out, finished, lengths, seen
+        i, pool, rows, out, finished = carry
+        live = rows.live
+        processed = process_logits(rows.logits, rows.seen, sampling)
+        step_keys = jax.vmap(jax.random.fold_in)(rows.keys, rows.pos)
+        tokens = jnp.where(live, choose_tokens(step_keys, processed, sampling.greedy), 0)
+        lp = jnp.where(live, token_logprobs(processed, tokens), 0.0)
+        tlp = jnp.where(live, token_logprobs(rows.logits / temperature, tokens), 0.0)
+        out = Segment(tokens=out.tokens.at[:, i].set(tokens),
+                      logprobs=out.logprobs.at[:, i].set(lp),
+                      temperature_logprobs=out.temperature_logprobs.at[:, i].set(tlp),
+                      count=out.count + live)
+        stopped = jnp.any(tokens[:, None] == stop_ids, axis=-1)
+        ended = live & (stopped | (rows.pos + 1 >= t_max))
+        still = live & ~ended
+        seen = rows.seen.at[jnp.arange(b), tokens].max(live) if penalised else rows.seen
+        logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, table,
+                                   attention=attention, adapters=adapters)
+        rows = Rows(logits=logits, pos=rows.pos + live, keys=rows.keys, seen=seen, live=still)
+        return i + 1, pool, rows, out, finished + jnp.sum(ended)
 
-    seen = (initial_seen(prompt_tokens, prompt.valid, model.config.vocab_size, n)
-            if penalised else jnp.zeros((), bool))
-    carry = (jnp.int32(0), jnp.repeat(first_logits, n, axis=0),
-             empty_completion_cache(model, p, n, t_max), zeros(jnp.int32), zeros(jnp.float32),
-             zeros(jnp.float32), ~jnp.repeat(active, n), jnp.zeros((b,), jnp.int32), seen)
-    _, _, _, tokens, lp, tlp, finished, lengths, _ = jax.lax.while_loop(cond, body, carry)
-    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
-    stopped = (lengths > 0) & jnp.any(last[:, None] == stop_ids, axis=-1)
-    return Rollout(tokens=tokens, logprobs=lp, temperature_logprobs=tlp, lengths=lengths,
-                   stopped=stopped)
+    carry = (jnp.int32(0), pool, rows, out, jnp.int32(0))
+    _, pool, rows, out, _ = jax.lax.while_loop(cond, body, carry)
+    return pool, rows, out

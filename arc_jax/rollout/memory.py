@@ -1,7 +1,7 @@
-"""How much device memory a rollout batch needs, and a clear refusal when it does not fit.
+"""How many decode rows and cache pages a rollout gets, and a clear refusal when none fit.
 
-The sampler checks this before it allocates, so an oversized request fails with a message
-saying what to lower instead of an XLA out-of-memory crash in the middle of a step.
+The sampler plans before it allocates, so an oversized request fails with a line saying which
+setting to lower instead of an XLA out-of-memory crash in the middle of a step.
 """
 
 from __future__ import annotations
@@ -18,36 +18,50 @@ GiB = 2 ** 30
 
 
 class RolloutMemoryError(MemoryError):
-    """A rollout batch would not fit in the free device memory."""
+    """A rollout would not fit in the free device memory."""
 
 
 @dataclasses.dataclass(frozen=True)
-class MemoryPlan:
-    """Bytes needed by one batch of P prompts (S slots each) with n samples of T tokens.
+class SlotPlan:
+    """The device memory of P prompt slots of S tokens, B = P * R decode rows, and M pages of
+    `page_size` tokens (page 0 is the trash page).
 
-    prompt_cache: one key/value copy per prompt, all layers.
-    completion_cache: one key/value copy per sample, all layers.
-    workspace: estimated transient buffers (prefill activations and attention scores, decoding
-      logits and the sampling transforms' copies of them).
+    prompt_cache: keys and values of the P prompts, their last logits and token sets.
+    page_pool: the M pages' keys and values.
+    rows: each row's next logits, token set and bookkeeping.
+    workspace: estimated transient buffers (the sampling transforms' copies of the [B, V]
+      logits during a step, or the activations of one prompt's prefill, whichever is larger).
     """
 
     prompts: int
+    rows_per_prompt: int
     prompt_len: int
-    n: int
     max_new_tokens: int
+    page_size: int
+    pages: int
     prompt_cache: int
-    completion_cache: int
+    page_pool: int
+    row_state: int
     workspace: int
 
     @property
+    def rows(self) -> int:
+        return self.prompts * self.rows_per_prompt
+
+    @property
+    def pages_per_row(self) -> int:
+        return -(-self.max_new_tokens // self.page_size)
+
+    @property
     def total(self) -> int:
-        return self.prompt_cache + self.completion_cache + self.workspace
+        return self.prompt_cache + self.page_pool + self.row_state + self.workspace
 
     def describe(self) -> str:
-        return (f"{self.total / GiB:.2f} GiB for {self.prompts} prompt(s) x {self.prompt_len} "
-                f"slots with n={self.n} samples x {self.max_new_tokens} new tokens "
-                f"(prompt KV cache {self.prompt_cache / GiB:.2f} GiB, completion KV cache "
-                f"{self.completion_cache / GiB:.2f} GiB, workspace {self.workspace / GiB:.2f} GiB)")
+        return (f"{self.total / GiB:.2f} GiB for {self.rows} decode rows ({self.prompts} prompt "
+                f"slot(s) of {self.prompt_len} tokens x {self.rows_per_prompt} rows) and "
+                f"{self.pages - 1} pages of {self.page_size} tokens (prompt cache "
+                f"{self.prompt_cache / GiB:.2f} GiB, pages {self.page_pool / GiB:.2f} GiB, rows "
+                f"{self.row_state / GiB:.2f} GiB, workspace {self.workspace / GiB:.2f} GiB)")
 
 
 def kv_bytes_per_token(config: LlamaConfig, dtype) -> int:
@@ -56,41 +70,80 @@ def kv_bytes_per_token(config: LlamaConfig, dtype) -> int:
             * np.dtype(dtype).itemsize)
 
 
-def plan_memory(config: LlamaConfig, dtype, prompts: int, prompt_len: int, n: int,
-                max_new_tokens: int) -> MemoryPlan:
-    """The memory one `JaxSampler` batch needs (caches exactly, workspace estimated)."""
+def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int,
+               prompt_len: int, max_new_tokens: int, page_size: int, pages: int,
+               fused_prefill: bool = False) -> SlotPlan:
+    """The memory of one slot layout (caches exactly, workspace estimated)."""
     per_token = kv_bytes_per_token(config, dtype)
     itemsize = np.dtype(dtype).itemsize
-    rows = prompts * n
-    # Prefill: a few [P, S, D] and [P, S, F] activations plus float32 attention scores
-    # [P, N, S, S] (materialised unless a fused kernel is used).
-    prefill = (prompts * prompt_len * (4 * config.hidden_size + 3 * config.intermediate_size)
-               * itemsize
-               + prompts * config.num_attention_heads * prompt_len * prompt_len * 4)
-    # Decoding: about eight float32 [B, V] arrays (logits, processed copy, sort, softmax,
-    # cumulative sum, log-softmax) plus the [B, V] seen-token mask.
-    decode = rows * config.vocab_size * (8 * 4 + 1)
-    return MemoryPlan(prompts=prompts, prompt_len=prompt_len, n=n, max_new_tokens=max_new_tokens,
-                      prompt_cache=prompts * prompt_len * per_token,
-                      completion_cache=rows * max_new_tokens * per_token,
-                      workspace=max(prefill, decode))
+    vocab = config.vocab_size
+    rows = prompts * rows_per_prompt
+    # Decoding: about eight float32 [B, V] arrays (processed logits, softmax, log-softmax, the
+    # top-p masks) plus the [B, V] token sets.
+    decode = rows * vocab * (8 * 4 + 1)
+    # Prefill of one prompt: a few [S, D] and [S, F] activations, and the float32 attention
+    # scores [N, S, S] unless a fused kernel computes them.
+    prefill = prompt_len * (4 * config.hidden_size + 3 * config.intermediate_size) * itemsize
+    if not fused_prefill:
+        prefill += config.num_attention_heads * prompt_len * prompt_len * 4
+    return SlotPlan(prompts=prompts, rows_per_prompt=rows_per_prompt, prompt_len=prompt_len,
+                    max_new_tokens=max_new_tokens, page_size=page_size, pages=pages,
+                    prompt_cache=prompts * (prompt_len * (per_token + 1) + vocab * 5),
+                    page_pool=pages * page_size * per_token,
+                    row_state=rows * (vocab * 5 + 16),
+                    workspace=max(decode, prefill))
+
+
+def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,
+                 prompt_len: int, max_new_tokens: int, max_rows: int, rows_per_prompt: int,
+                 page_size: int, fused_prefill: bool = False) -> SlotPlan:
+    """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt
+    slot, as many slots as the prompts and `max_rows` allow, and pages for every row to reach
+    max_new_tokens, or, when memory is short, for the rows to average at least half of it
+    (longer rows then wait for pages; see the sampler). Fewer slots, then fewer rows per slot,
+    when even that does not fit; RolloutMemoryError when one row does not."""
+    r = max(1, min(n, rows_per_prompt, max_rows))
+    p = max(1, min(num_prompts, max_rows // r))
+    per_row = -(-max_new_tokens // page_size)
+    plan = lambda p, r, pages: plan_slots(
+        config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
+        max_new_tokens=max_new_tokens, page_size=page_size, pages=pages,
+        fused_prefill=fused_prefill)
+    while True:
+        fixed = plan(p, r, 0)
+        page_bytes = page_size * kv_bytes_per_token(config, dtype)
+        affordable = max(0, budget - fixed.total) // page_bytes
+        pages = 1 + min(p * r * per_row, affordable - 1)
+        if pages - 1 >= min(p * r * per_row, max(per_row, p * r * per_row // 2)):
+            return plan(p, r, pages)
+        if p > 1:
+            p //= 2
+        elif r > 1:
+            r //= 2
+        else:
+            raise RolloutMemoryError(
+                f"rollout needs {plan(1, 1, 1 + per_row).describe()}, but only "
+                f"{budget / GiB:.2f} GiB is free for the sampler. Lower max_completion_length "
+                "or the prompt length (max_seq_length), or raise sampler.memory_fraction")
 
 
 def free_device_bytes(device: jax.Device | None = None) -> int:
     """Free memory of the device (its allocator's limit minus what is in use); on CPU, the
-    host's available physical memory."""
+    host's available memory (MemAvailable: free pages plus reclaimable caches)."""
     device = device or jax.local_devices()[0]
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return available_host_bytes()
+
+
+def available_host_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """MemAvailable of /proc/meminfo in bytes (the free page count where it is missing)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_fits(plan: MemoryPlan, free: int):
-    """Raises RolloutMemoryError (what is needed, what is free, what to lower) if plan > free."""
-    if plan.total <= free:
-        return
-    raise RolloutMemoryError(
-        f"rollout needs {plan.describe()}, but only {free / GiB:.2f} GiB is free on the device. "
-        f"Lower n (samples per prompt), max_new_tokens, the prompt length or the prompts per "
-        f"batch, or raise the memory available to the sampler.")

@@ -1,9 +1,15 @@
-"""`JaxSampler`: the in-process rollout engine (CPU, GPU, TPU).
+"""`JaxSampler`: the in-process rollout engine (CPU, GPU, TPU), with continuous batching.
 
-Per call: prompts are sorted by length and grouped into batches as large as memory allows;
-each batch is padded to bucketed shapes (prompt count to a power of two, prompt length by
-`PromptBuckets`), so a run compiles a handful of programs. Each batch is prefilled once
-and decoded with `arc_jax.rollout.decode`; results return in the caller's prompt order.
+A call's (prompt, sample) requests run on a fixed set of B decode rows: P prompt slots of R
+rows each (`arc_jax.rollout.decode`). The prompts go through the slots shortest first; a slot
+whose prompt has all its samples done takes the next prompt (one prefill), and a row whose
+sample finished takes the next sample of its slot's prompt. Rows hold their own keys and
+values in pages of a shared pool, given out by the host before each segment of decoding
+steps: enough for the segment, so memory follows the real lengths. When the pool runs short,
+the rows with the least progress give their pages back and their samples start again later;
+since a sample's draws depend only on (seed, prompt index, sample index, own step), it comes
+out the same. The slot layout and the page count are chosen from the free device memory
+(`arc_jax.rollout.memory.choose_slots`).
 
 With `merge_lora` (the default) the sampler decodes with merged weights W + s * A B, stored in
 the base weights' dtype and recomputed at each `update_weights`, as TRL does when it hands a
@@ -13,6 +19,7 @@ float32 adapters, for one extra copy of the adapted kernels in device memory.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any, Sequence
@@ -24,9 +31,12 @@ from flax import nnx
 from arc_jax import distributed
 from arc_jax.model.llama import Llama
 from arc_jax.model.lora import LoraParam, merge_lora
-from arc_jax.rollout.decode import decode, prefill, row_keys
+from arc_jax.rollout.decode import (PagePool, Rows, SlotCache, decode_segment, grow_slots,
+                                    prefill_slot, row_keys)
 from arc_jax.rollout.interface import Completion, SamplingParams
-from arc_jax.rollout.memory import MemoryPlan, check_fits, free_device_bytes, plan_memory
+from arc_jax.rollout.memory import SlotPlan, choose_slots, free_device_bytes
+
+ATTENTION = ("auto", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,16 +80,27 @@ class PromptBuckets:
 class SamplerConfig:
     """Settings of a `JaxSampler`.
 
-    max_prompts_per_batch: most prompts decoded together (a power of two); memory may lower it.
+    max_rows: most sequences decoded at once (the decode rows); memory may lower it.
+    rows_per_prompt: rows that share one prompt slot (R); a call's n samples per prompt run
+      on min(n, rows_per_prompt) of them.
+    page_size: tokens per page of the completion cache.
+    segment_steps: most decoding steps between two visits of the host (which hands finished
+      rows new samples and pages).
+    attention: the rows' own-key attention: "pallas" (a kernel that reads only the pages
+      written; GPU), "xla" (gathers every page; any backend) or "auto" (pallas on a GPU).
     buckets: the padded prompt lengths.
-    memory_fraction: share of the free device memory a batch may plan to use.
+    memory_fraction: share of the free device memory the sampler may plan to use.
     memory_bytes: a fixed memory budget instead of asking the device (None = ask).
     seed: seeds the engine's own source of seeds for calls with `SamplingParams.seed=None`.
     merge_lora: decode with the LoRA adapters merged into a copy of the adapted kernels
       (faster; rounds W + s * A B to the kernels' dtype, as vLLM fed by TRL does).
     """
 
-    max_prompts_per_batch: int = 8
+    max_rows: int = 256
+    rows_per_prompt: int = 16
+    page_size: int = 32
+    segment_steps: int = 64
+    attention: str = "auto"
     buckets: PromptBuckets = PromptBuckets()
     memory_fraction: float = 0.9
     memory_bytes: int | None = None
@@ -87,9 +108,15 @@ class SamplerConfig:
     merge_lora: bool = True
 
     def __post_init__(self):
-        p = self.max_prompts_per_batch
-        if p < 1 or p & (p - 1):
-            raise ValueError(f"SamplerConfig.max_prompts_per_batch must be a power of two, got {p}")
+        for name in ("max_rows", "rows_per_prompt", "page_size", "segment_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SamplerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"SamplerConfig.attention must be one of {ATTENTION}, got "
+                             f"{self.attention!r}")
+        if not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"SamplerConfig.memory_fraction must be in (0, 1], got "
+                             f"{self.memory_fraction}")
 
 
 def bucket_length(length: int, minimum: int, bits: int) -> int:
@@ -102,18 +129,6 @@ def bucket_length(length: int, minimum: int, bits: int) -> int:
 
 def next_power_of_two(x: int) -> int:
     return 1 << (x - 1).bit_length()
-
-
-def _prefill(graphdef, lora, base, tokens, lengths, *, adapters):
-    return prefill(nnx.merge(graphdef, lora, base), tokens, lengths, adapters=adapters)
-
-
-def _decode(graphdef, lora, base, prompt, prompt_tokens, first_logits, active, prompt_ids, seed,
-            *, n, sampling, adapters):
-    model = nnx.merge(graphdef, lora, base)
-    keys = row_keys(seed, prompt_ids, n)
-    return decode(model, prompt, prompt_tokens, first_logits, active, keys, n=n,
-                  sampling=sampling, adapters=adapters)
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -138,6 +153,18 @@ def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float) -> nnx.Stat
     return jax.tree_util.tree_map_with_path(merged, base)
 
 
+def _prefill(graphdef, lora, base, cache, slot, tokens, length, *, adapters):
+    return prefill_slot(nnx.merge(graphdef, lora, base), cache, slot, tokens, length,
+                        adapters=adapters)
+
+
+def _segment(graphdef, lora, base, cache, pool, table, rows, active, reset, keys, exit_after, *,
+             steps, sampling, attention, adapters):
+    return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, table, rows, active,
+                          reset, keys, exit_after, steps=steps, sampling=sampling, attention=attention,
+                          adapters=adapters)
+
+
 class JaxSampler:
     """Rollout engine running a `Llama` in this process.
 
@@ -147,8 +174,12 @@ class JaxSampler:
     def __init__(self, model: Llama, tokenizer: Any = None, config: SamplerConfig = SamplerConfig()):
         self.model_config = model.config
         self.dtype = model.numerics.compute_dtype
+        self.fused_prefill = model.numerics.attention_impl == "cudnn"
         self.tokenizer = tokenizer
         self.config = config
+        self.attention = config.attention
+        if self.attention == "auto":
+            self.attention = "pallas" if jax.default_backend() == "gpu" else "xla"
         self._graphdef, lora, self._base = nnx.split(model, LoraParam, ...)
         # Committed to their placement, like the arrays `update_weights` hands in later, so
         # both hit the same compiled programs.
@@ -157,9 +188,13 @@ class JaxSampler:
         self._scaling = model.lora.scaling if self._merge else 0.0
         self._merged = merge_adapters(self._lora, self._base, self._scaling) if self._merge else None
         self._seeds = np.random.default_rng(config.seed)
-        self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames="adapters")
-        self._decode = jax.jit(_decode, static_argnums=0,
-                               static_argnames=("n", "sampling", "adapters"))
+        self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames="adapters",
+                                donate_argnums=3)
+        self._segment = jax.jit(_segment, static_argnums=0,
+                                static_argnames=("steps", "sampling", "attention", "adapters"),
+                                donate_argnums=(4, 6))
+        self._grow = jax.jit(grow_slots, static_argnums=1)
+        self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ interface
 
@@ -169,15 +204,12 @@ class JaxSampler:
         prompts = [self._check_prompt(i, p, sampling) for i, p in enumerate(prompts)]
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"generate: n must be a positive int, got {n!r}")
+        if not prompts:
+            return []
         seed = sampling.seed if sampling.seed is not None else int(self._seeds.integers(2 ** 31))
         static_sampling = dataclasses.replace(sampling, seed=None)
-        results: list[list[Completion] | None] = [None] * len(prompts)
-        for batch, prompt_len in self._batches(prompts, n, sampling.max_new_tokens):
-            completions = self._run_batch([prompts[i] for i in batch], batch, prompt_len, n,
-                                          seed, static_sampling)
-            for i, c in zip(batch, completions):
-                results[i] = c
-        return results
+        plan = self.plan(len(prompts), n, max(map(len, prompts)), sampling.max_new_tokens)
+        return _Run(self, plan, prompts, n, seed, static_sampling).results()
 
     def __enter__(self) -> "JaxSampler":
         return self
@@ -208,70 +240,26 @@ class JaxSampler:
             self._merged = None  # free the old copy before making the new one
             self._merged = merge_adapters(self._lora, self._base, self._scaling)
 
-    # ------------------------------------------------------------------ batching
+    # ------------------------------------------------------------------ planning
 
-    def plan(self, prompts: int, prompt_len: int, n: int, max_new_tokens: int) -> MemoryPlan:
-        """The memory a batch of these (already bucketed) sizes needs."""
-        return plan_memory(self.model_config, self.dtype, prompts, prompt_len, n, max_new_tokens)
+    def plan(self, num_prompts: int, n: int, longest_prompt: int, max_new_tokens: int
+             ) -> SlotPlan:
+        """The slot layout and page count of a call (`arc_jax.rollout.memory.choose_slots`)."""
+        c = self.config
+        return choose_slots(self.model_config, self.dtype, self._budget(),
+                            num_prompts=num_prompts, n=n,
+                            prompt_len=c.buckets(longest_prompt), max_new_tokens=max_new_tokens,
+                            max_rows=c.max_rows, rows_per_prompt=c.rows_per_prompt,
+                            page_size=c.page_size, fused_prefill=self.fused_prefill)
 
     def _budget(self) -> int:
         if self.config.memory_bytes is not None:
             return self.config.memory_bytes
         return int(free_device_bytes() * self.config.memory_fraction)
 
-    def _batches(self, prompts: list[list[int]], n: int, max_new_tokens: int):
-        """Yields (prompt indices, padded prompt length), shortest prompts first, each batch
-        the largest power of two of prompts that fits the memory budget."""
-        budget = self._budget()
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        start = 0
-        while start < len(order):
-            size = self.config.max_prompts_per_batch
-            while True:
-                batch = order[start:start + size]
-                prompt_len = self.config.buckets(max(len(prompts[i]) for i in batch))
-                plan = self.plan(next_power_of_two(len(batch)), prompt_len, n, max_new_tokens)
-                if plan.total <= budget or size == 1:
-                    break
-                size //= 2
-            check_fits(plan, budget)
-            yield batch, prompt_len
-            start += len(batch)
-
-    def _run_batch(self, prompts: list[list[int]], prompt_ids: list[int], prompt_len: int, n: int,
-                   seed: int, sampling: SamplingParams) -> list[list[Completion]]:
-        padded = next_power_of_two(len(prompts))
-        tokens = np.zeros((padded, prompt_len), np.int32)
-        lengths = np.ones((padded,), np.int32)  # padding prompts: one token, never decoded
-        for row, prompt in enumerate(prompts):
-            tokens[row, :len(prompt)] = prompt
-            lengths[row] = len(prompt)
-        active = np.arange(padded) < len(prompts)
-        ids = np.zeros((padded,), np.int32)
-        ids[:len(prompts)] = prompt_ids
-        weights = (self._graphdef, self._lora, self._merged if self._merge else self._base)
-        prompt_cache, first_logits = self._prefill(*weights, tokens, lengths,
-                                                   adapters=not self._merge)
-        rollout = self._decode(*weights, prompt_cache, tokens, first_logits, active, ids,
-                               np.uint32(seed), n=n, sampling=sampling, adapters=not self._merge)
-        rollout = distributed.to_host(rollout)
-        return [[self._completion(rollout, p * n + i) for i in range(n)]
-                for p in range(len(prompts))]
-
-    def _completion(self, rollout, row: int) -> Completion:
-        length = int(rollout.lengths[row])
-        stopped = bool(rollout.stopped[row])
-        token_ids = tuple(int(t) for t in rollout.tokens[row, :length])
-        text = ""
-        if self.tokenizer is not None:
-            body = token_ids[:-1] if stopped else token_ids
-            text = self.tokenizer.decode(list(body), skip_special_tokens=True)
-        return Completion(
-            token_ids=token_ids,
-            logprobs=tuple(float(x) for x in rollout.logprobs[row, :length]),
-            temperature_logprobs=tuple(float(x) for x in rollout.temperature_logprobs[row, :length]),
-            finish_reason="stop" if stopped else "length",
-            text=text)
+    @property
+    def _weights(self):
+        return self._graphdef, self._lora, self._merged if self._merge else self._base
 
     def _check_prompt(self, index: int, prompt: Sequence[int], sampling: SamplingParams
                       ) -> list[int]:
@@ -291,3 +279,165 @@ class JaxSampler:
                              f"{self.model_config.max_position_embeddings} positions")
         return ids.tolist()
 
+
+class _Run:
+    """The host side of one `generate` call: which sample each row decodes, which pages it
+    holds, and the tokens it has produced (see the module docstring)."""
+
+    def __init__(self, sampler: JaxSampler, plan: SlotPlan, prompts: list[list[int]], n: int,
+                 seed: int, sampling: SamplingParams):
+        self.s, self.plan, self.prompts, self.n, self.seed = sampler, plan, prompts, n, seed
+        self.sampling = sampling
+        model_config = sampler.model_config
+        penalised = sampling.repetition_penalty != 1.0
+        self.p, self.r = plan.prompts, plan.rows_per_prompt
+        self.b = plan.rows
+        self.prompt_len = sampler.config.buckets(min(map(len, prompts)))
+        model = nnx.merge(*sampler._weights)
+        self.cache = SlotCache.empty(model, self.p, self.prompt_len, penalised)
+        self.pool = PagePool.empty(model, plan.pages, plan.page_size)
+        self.rows = Rows.empty(self.b, model_config.vocab_size, penalised)
+        del model
+        self.table = np.zeros((self.b, plan.pages_per_row), np.int32)
+        self.free = list(range(plan.pages - 1, 0, -1))  # a stack; page 0 is the trash page
+        self.pending = collections.deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
+        self.slot_prompt = [-1] * self.p
+        self.slot_next = [n] * self.p  # next sample index to start; n = none left
+        self.slot_retry: list[list[int]] = [[] for _ in range(self.p)]  # preempted samples
+        self.row_sample: list[tuple[int, int] | None] = [None] * self.b
+        self.row_pages: list[list[int]] = [[] for _ in range(self.b)]
+        self.row_chunks: list[list[tuple]] = [[] for _ in range(self.b)]
+        self.row_pos = np.zeros(self.b, np.int64)
+        self.out: list[list[Completion | None]] = [[None] * n for _ in prompts]
+        self.stats = collections.Counter()
+
+    # --- scheduling
+
+    def _to_start(self, slot: int) -> bool:
+        return bool(self.slot_retry[slot]) or self.slot_next[slot] < self.n
+
+    def _slot_rows(self, slot: int) -> range:
+        return range(slot * self.r, (slot + 1) * self.r)
+
+    def _fill_slots(self) -> None:
+        """Slots with nothing left of their prompt take the next prompts (one prefill each)."""
+        for slot in range(self.p):
+            if not self.pending or self._to_start(slot) or any(
+                    self.row_sample[b] is not None for b in self._slot_rows(slot)):
+                continue
+            index = self.pending.popleft()
+            prompt = self.prompts[index]
+            needed = self.s.config.buckets(len(prompt))
+            if needed > self.prompt_len:
+                self.cache = self.s._grow(self.cache, needed)
+                self.prompt_len = needed
+            tokens = np.zeros((1, self.prompt_len), np.int32)
+            tokens[0, :len(prompt)] = prompt
+            self.cache = self.s._prefill(*self.s._weights, self.cache, np.int32(slot), tokens,
+                                         np.int32(len(prompt)), adapters=not self.s._merge)
+            self.slot_prompt[slot], self.slot_next[slot] = index, 0
+            self.stats["prefills"] += 1
+
+    def _pages_for(self, pos: int) -> int:
+        """Pages a row at `pos` tokens needs to run one more segment."""
+        reach = min(pos + self.s.config.segment_steps, self.sampling.max_new_tokens)
+        return -(-reach // self.plan.page_size)
+
+    def _give_pages(self, row: int, count: int) -> None:
+        while len(self.row_pages[row]) < count:
+            page = self.free.pop()
+            self.table[row, len(self.row_pages[row])] = page
+            self.row_pages[row].append(page)
+
+    def _release(self, row: int) -> None:
+        self.free.extend(reversed(self.row_pages[row]))
+        self.row_pages[row] = []
+        self.table[row] = 0
+        self.row_sample[row] = None
+        self.row_chunks[row] = []
+
+    def _grow_running(self) -> None:
+        """Pages for the running rows' next segment; the rows with the least progress give
+        theirs back (their samples start again later) while the pool is short."""
+        running = sorted((b for b in range(self.b) if self.row_sample[b] is not None),
+                         key=lambda b: (self.row_pos[b], -b), reverse=True)
+        need = lambda rows: sum(max(0, self._pages_for(self.row_pos[b]) - len(self.row_pages[b]))
+                                for b in rows)
+        while running and need(running) > len(self.free):
+            victim = running.pop()
+            prompt, sample = self.row_sample[victim]
+            self.slot_retry[victim // self.r].insert(0, sample)
+            self._release(victim)
+            self.stats["preempted"] += 1
+        for b in running:
+            self._give_pages(b, self._pages_for(self.row_pos[b]))
+
+    def _start_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Idle rows take their slot's next samples while pages last: (reset [B], prompt
+        indices [B], sample indices [B])."""
+        reset = np.zeros(self.b, bool)
+        prompt_ids = np.zeros(self.b, np.int32)
+        sample_ids = np.zeros(self.b, np.int32)
+        first = self._pages_for(0)
+        for b in range(self.b):
+            slot = b // self.r
+            if self.row_sample[b] is not None or not self._to_start(slot) or len(self.free) < first:
+                continue
+            if self.slot_retry[slot]:
+                sample = self.slot_retry[slot].pop(0)
+            else:
+                sample = self.slot_next[slot]
+                self.slot_next[slot] += 1
+            self.row_sample[b] = (self.slot_prompt[slot], sample)
+            self.row_pos[b] = 0
+            self._give_pages(b, first)
+            reset[b], prompt_ids[b], sample_ids[b] = True, self.slot_prompt[slot], sample
+        return reset, prompt_ids, sample_ids
+
+    # --- the loop
+
+    def results(self) -> list[list[Completion]]:
+        s, remaining = self.s, len(self.prompts) * self.n
+        while remaining:
+            self._fill_slots()
+            self._grow_running()
+            reset, prompt_ids, sample_ids = self._start_rows()
+            if not any(self.row_sample):
+                raise RuntimeError("JaxSampler: no row could start (too few cache pages)")
+            keys = row_keys(np.uint32(self.seed), prompt_ids, sample_ids)
+            refill = bool(self.pending) or any(self._to_start(p) for p in range(self.p))
+            exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
+            active = np.array([sample is not None for sample in self.row_sample])
+            self.pool, self.rows, segment = s._segment(
+                *s._weights, self.cache, self.pool, self.table, self.rows, active, reset, keys,
+                exit_after, steps=s.config.segment_steps, sampling=self.sampling,
+                attention=s.attention, adapters=not s._merge)
+            segment, live = distributed.to_host((segment, self.rows.live))
+            self.stats["segments"] += 1
+            self.stats["row_steps"] += int(segment.count.sum())
+            for b in range(self.b):
+                if self.row_sample[b] is None:
+                    continue
+                count = int(segment.count[b])
+                self.row_chunks[b].append((segment.tokens[b, :count], segment.logprobs[b, :count],
+                                           segment.temperature_logprobs[b, :count]))
+                self.row_pos[b] += count
+                if not live[b]:
+                    prompt, sample = self.row_sample[b]
+                    self.out[prompt][sample] = self._completion(self.row_chunks[b])
+                    self._release(b)
+                    remaining -= 1
+        s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, pages=self.plan.pages - 1)
+        return self.out
+
+    def _completion(self, chunks) -> Completion:
+        tokens, logprobs, temperature_logprobs = (np.concatenate(x) for x in zip(*chunks))
+        token_ids = tuple(int(t) for t in tokens)
+        stopped = bool(token_ids) and token_ids[-1] in self.sampling.stop_token_ids
+        text = ""
+        if self.s.tokenizer is not None:
+            body = token_ids[:-1] if stopped else token_ids
+            text = self.s.tokenizer.decode(list(body), skip_special_tokens=True)
+        return Completion(token_ids=token_ids, logprobs=tuple(float(x) for x in logprobs),
+                          temperature_logprobs=tuple(float(x) for x in temperature_logprobs),
+                          finish_reason="stop" if stopped else "length", text=text)

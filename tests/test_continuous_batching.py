@@ -1,0 +1,185 @@
+"""Continuous batching in the JaxSampler: a sample depends only on (seed, prompt index, sample
+index), whatever the slot layout, the page supply or the other requests; the paged attention
+computes the dense attention."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from arc_jax.model import Numerics, from_pretrained
+from arc_jax.model.llama import shared_prefix_scores
+from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+from arc_jax.rollout import attention
+
+VOCAB = 61
+# Mixed lengths (three prompt-length buckets with minimum 8), given out of length order.
+PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
+           [1, 20, 21],
+           [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39],
+           [1, 40, 41, 42, 43]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(1)
+    path = f"/tmp/arc_jax_test_cb_{id(config)}"
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return from_pretrained(path, dtype=np.float32, numerics=Numerics(precision="highest"))
+
+
+def sampling(**kwargs):
+    # Three stop tokens of a 61-token vocabulary: samples stop after 1 to 24 tokens.
+    base = dict(temperature=1.0, top_p=0.9, max_new_tokens=24, stop_token_ids=(3, 4, 5), seed=11)
+    return SamplingParams(**{**base, **kwargs})
+
+
+def run(model, n=5, params=None, **config):
+    config = dict(dict(page_size=4, segment_steps=6), **config)
+    sampler = JaxSampler(model, config=SamplerConfig(buckets=_buckets(), **config))
+    out = sampler.generate(PROMPTS, n, params or sampling())
+    return out, sampler.last_stats
+
+
+def _buckets():
+    from arc_jax.rollout import PromptBuckets
+
+    return PromptBuckets(minimum=8, bits=1)
+
+
+def as_lists(out):
+    return [[(c.token_ids, c.finish_reason) for c in cs] for cs in out]
+
+
+def assert_same(out, reference):
+    """The same tokens and finish reasons; log-probs equal up to float32 rounding (a layout
+    pads the prompts to other lengths and runs other row counts, which changes XLA's order of
+    summation, not the values summed)."""
+    assert as_lists(out) == as_lists(reference)
+    for cs, ref in zip(out, reference):
+        for c, r in zip(cs, ref):
+            np.testing.assert_allclose(c.logprobs, r.logprobs, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(c.temperature_logprobs, r.temperature_logprobs, rtol=0,
+                                       atol=2e-6)
+
+
+def test_a_sample_does_not_depend_on_the_slot_layout(model):
+    reference, stats = run(model, max_rows=64, rows_per_prompt=16)
+    assert stats["rows"] == 20 and stats["prompt_slots"] == 4
+    lengths = [len(c.token_ids) for cs in reference for c in cs]
+    assert min(lengths) < 10 and max(lengths) == 24  # rows stop at varied lengths
+    assert len({c.finish_reason for cs in reference for c in cs}) == 2
+    for layout in (dict(max_rows=1), dict(max_rows=3, rows_per_prompt=3),
+                   dict(max_rows=4, rows_per_prompt=2), dict(max_rows=6, rows_per_prompt=1)):
+        out, stats = run(model, **layout)
+        assert stats["rows"] < 20  # more requests than rows: rows were refilled
+        assert_same(out, reference)
+
+
+def test_a_sample_survives_giving_its_pages_back(model):
+    no_stop = sampling(stop_token_ids=())  # every row needs all of its 6 pages
+    reference, _ = run(model, params=no_stop)
+    # Room for 20 rows but pages for 10 of them: running rows give pages back and restart.
+    probe = JaxSampler(model, config=SamplerConfig(buckets=_buckets(), page_size=4,
+                                                   segment_steps=6, max_rows=20))
+    plan = probe.plan(len(PROMPTS), 5, max(map(len, PROMPTS)), 24)
+    page_bytes = plan.page_pool // plan.pages
+    short = plan.total - plan.page_pool + (plan.pages_per_row * 10 + 1) * page_bytes
+    out, stats = run(model, params=no_stop, max_rows=20, memory_bytes=short)
+    assert stats["rows"] == 20 and stats["pages"] == 10 * plan.pages_per_row
+    assert stats.get("preempted", 0) > 0
+    assert_same(out, reference)
+
+
+def test_samples_of_a_prompt_differ_and_seeds_matter(model):
+    out, _ = run(model)
+    assert len({c.token_ids for c in out[0]}) > 1
+    other = JaxSampler(model, config=SamplerConfig(page_size=4)).generate(
+        PROMPTS, 5, sampling(seed=12))
+    assert as_lists(other) != as_lists(out)
+
+
+def test_greedy_samples_are_identical_and_match_one_row(model):
+    greedy = sampling(temperature=0.0, top_p=1.0)
+    many = JaxSampler(model, config=SamplerConfig(page_size=4)).generate(PROMPTS, 3, greedy)
+    one = JaxSampler(model, config=SamplerConfig(page_size=4, max_rows=1)).generate(
+        PROMPTS, 3, greedy)
+    assert_same(many, one)
+    assert all(len({c.token_ids for c in cs}) == 1 for cs in many)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def random_case(seed, rows_per_prompt=3, prompts=2, prompt_len=24, page_size=4, pages_per_row=5,
+                heads=4, kv_heads=2, head_dim=8):
+    rng = np.random.default_rng(seed)
+    b = prompts * rows_per_prompt
+    total_pages = 1 + b * pages_per_row
+    q = rng.normal(size=(b, heads, head_dim)).astype(np.float32)
+    k_pages = rng.normal(size=(total_pages, page_size, kv_heads, head_dim)).astype(np.float32)
+    v_pages = rng.normal(size=(total_pages, page_size, kv_heads, head_dim)).astype(np.float32)
+    table = 1 + rng.permutation(b * pages_per_row).reshape(b, pages_per_row).astype(np.int32)
+    lengths = rng.integers(1, page_size * pages_per_row + 1, b).astype(np.int32)
+    lengths[0] = 1
+    lengths[-1] = page_size * pages_per_row
+    prefix_k = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
+    prefix_v = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
+    prefix_valid = np.arange(prompt_len)[None, :] < rng.integers(1, prompt_len + 1, (prompts, 1))
+    return q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid
+
+
+def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid):
+    """The attention as `shared_prefix_scores` computes it, with each row's own keys copied out
+    of its pages into a dense [P, R, T, K, H] cache."""
+    p = prefix_k.shape[0]
+    b, n, h = q.shape
+    r = b // p
+    own_k = k_pages[table].reshape(p, r, -1, *k_pages.shape[2:])
+    own_v = v_pages[table].reshape(p, r, -1, *v_pages.shape[2:])
+    t = own_k.shape[2]
+    out = np.zeros_like(q)
+    for row in range(b):  # one row at a time: each has its own visible length
+        mask = np.arange(t)[None, :] < lengths[row]
+        pi, ri = divmod(row, r)
+        out[row] = shared_prefix_scores(
+            jnp.asarray(q[row][None, None, None]), prefix_k[pi:pi + 1], prefix_v[pi:pi + 1],
+            prefix_valid[pi:pi + 1], own_k[pi:pi + 1, ri:ri + 1], own_v[pi:pi + 1, ri:ri + 1],
+            jnp.asarray(mask))[0, 0, 0]
+    return out
+
+
+def split_parts(case, implementation):
+    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid = case
+    p = prefix_k.shape[0]
+    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
+                                        prefix_valid)
+    prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
+    own = attention.paged_attention(q, k_pages, v_pages, table, lengths,
+                                    implementation=implementation)
+    return np.asarray(attention.merge(prefix, own))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_paged_attention_equals_the_dense_attention(seed):
+    case = random_case(seed)
+    np.testing.assert_allclose(split_parts(case, "xla"), dense_reference(*case), atol=2e-5)
+
+
+def test_an_empty_own_part_leaves_the_prefix_attention():
+    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid = random_case(3)
+    own = attention.paged_attention(q, k_pages, v_pages, table, np.zeros_like(lengths))
+    assert np.all(np.isneginf(own[1])) and np.all(own[0] == 0)
+    p = prefix_k.shape[0]
+    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
+                                        prefix_valid)
+    prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
+    np.testing.assert_allclose(attention.merge(prefix, own), prefix[0], atol=1e-6)

@@ -44,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
     # (2: 4, 6, 8, 12, ... x 2**e), never above the longest admitted prompt; 0: that one length
     # (compile once, at the cost of padding every prompt).
     config.prompt_bucket_bits = 2
+    # The update pads completions to the step's longest, rounded to 64 x 2**e with this many
+    # significant bits (1: 64, 128, 256, ...; each length compiles once); 0: always to
+    # max_completion_length.
+    config.completion_bucket_bits = 1
 
     # LoRA (every target module, as in the reference runs).
     config.lora = ml_collections.ConfigDict()
@@ -250,6 +254,7 @@ _RULES = (
     ("top_k", lambda v, c: _integer(v) and v >= 0, "an integer >= 0 (0: off)"),
     ("min_p", lambda v, c: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("repetition_penalty", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("completion_bucket_bits", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("sampler.max_prompts_per_batch", lambda v, c: _power_of_two(v), "a power of two >= 1"),
     ("sampler.max_rows", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("sampler.rows_per_prompt", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),

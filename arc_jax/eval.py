@@ -18,6 +18,7 @@ import gzip
 import json
 import os
 import pathlib
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -69,6 +70,10 @@ def run(config: ml_collections.ConfigDict) -> dict:
         raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r} does not exist")
     out = pathlib.Path(e.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.compilation_cache:
+        from arc_jax.train.compiles import use_persistent_cache
+
+        use_persistent_cache(pathlib.Path(config.workdir) / "jax_cache")
     model_path = session.resolve_model_path(config, pathlib.Path(config.workdir))
     tokenizer = session.tokenizer(model_path)
     tasks = session.select_tasks(config, tokenizer)
@@ -77,21 +82,23 @@ def run(config: ml_collections.ConfigDict) -> dict:
     max_prompt = config.max_seq_length - config.max_completion_length
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     maker = episode.PromptMaker(config, tokenizer, max_prompt)
-    results = {}
+    results, timings = {}, {}
     with ExecutionPool(session.execution_config(config)) as pool, \
             session.make_engine(config, model, tokenizer, buckets, model_path) as engine:
         for name in policies(config):
             if name != "baseline":
                 load_adapter(config, model)
                 engine.update_weights(nnx.state(model, LoraParam))
+            timings[name] = []
             records = evaluate(config, engine, pool, maker, prompts.stop_token_ids(tokenizer), tasks,
-                               out / f"{name}.predictions.jsonl.gz")
+                               out / f"{name}.predictions.jsonl.gz", timings[name])
             results[name] = report(config, name, records, tasks, out)
     if len(results) > 1:
         print(rewards.compare_table({name: r["mean"] for name, r in results.items()}))
     pictures(config, tasks, results, out)
     (out / "summary.json").write_text(json.dumps(
-        {name: {k: v for k, v in r.items() if k != "submission"} for name, r in results.items()}, indent=1))
+        {name: {**{k: v for k, v in r.items() if k != "submission"}, "rounds": timings[name]}
+         for name, r in results.items()}, indent=1))
     return results
 
 
@@ -128,8 +135,11 @@ def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task
 
 
 def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, stop_ids: tuple[int, ...],
-             tasks: Mapping[str, data.Task], path: pathlib.Path) -> dict[str, list[rewards.CompletionRecord]]:
-    """All rounds of one policy (resuming after the rounds already in `path`); records by task."""
+             tasks: Mapping[str, data.Task], path: pathlib.Path, timings: list | None = None
+             ) -> dict[str, list[rewards.CompletionRecord]]:
+    """All rounds of one policy (resuming after the rounds already in `path`); records by task.
+    Each round sampled here appends its figures to `timings` (seconds of sampling and of
+    scoring, programs, output tokens, the engine's own statistics) and prints them."""
     e = config.eval
     done = read_rounds(path)
     records: dict[str, list[rewards.CompletionRecord]] = {task_id: [] for task_id in sorted(tasks)}
@@ -142,9 +152,12 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
             draws = round_draws(config, tasks, r)
             prompt_ids = [maker(d.task, seed=config.seed * 1_000_003 + d.index) for d in draws]
             sampling = session.sampling_params(config, stop_ids, seed=config.seed + 104_729 * r)
+            begin = time.perf_counter()
             groups = engine.generate(prompt_ids, e.n_predictions // e.rounds, sampling)
+            sample_s = time.perf_counter() - begin
             lines = [{"task_id": d.task.id, "round": r, "augmentation": d.augmentation.to_json(),
                       "completion": c.text} for d, completions in zip(draws, groups) for c in completions]
+        begin = time.perf_counter()
         scored = [rewards.submit_completion(pool, line["completion"], tasks[line["task_id"]],
                                             data.Augmentation.from_json(line["augmentation"]))
                   for line in lines]
@@ -154,6 +167,17 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
             line.update(prediction_fields(record))
         if r not in done:
             append_round(path, lines)
+            lengths = [len(c.token_ids) for completions in groups for c in completions]
+            figures = {"round": r, "programs": len(lines), "sample_s": round(sample_s, 3),
+                       "score_s": round(time.perf_counter() - begin, 3),
+                       "output_tokens": sum(lengths), "prompt_tokens": sum(map(len, prompt_ids)),
+                       "truncated": sum(c.truncated for cs in groups for c in cs),
+                       "lengths": lengths, **getattr(engine, "last_stats", {})}
+            if timings is not None:
+                timings.append(figures)
+            bar.write(f"round {r}: {len(lines)} programs, {sum(lengths):,} output tokens sampled "
+                      f"in {sample_s:.1f} s ({sum(lengths) / max(sample_s, 1e-9):,.0f} tokens/s), "
+                      f"scored in {figures['score_s']:.1f} s")
             bar.update(1)
     bar.close()
     return records

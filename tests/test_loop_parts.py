@@ -37,8 +37,8 @@ def _groups():
 def test_group_batch_pads_masks_and_centres_rewards():
     loss = grpo.GRPOLossConfig(scale_rewards="none", mask_truncated_completions=True)
     batch, stats = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
-                                    completion_length=4,
-                                    buckets=PromptBuckets(minimum=4))
+                                    buckets=PromptBuckets(minimum=4),
+                                    completion_buckets=PromptBuckets(minimum=4, bits=0, maximum=4))
     np.testing.assert_array_equal(batch.prompt_ids, [[PAD, 1, 2, 3], [PAD, PAD, 1, 2]])
     np.testing.assert_array_equal(batch.prompt_mask, [[0, 1, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(batch.completion_ids[0], [[5, EOT, PAD, PAD], [6, 7, 8, PAD]])

@@ -559,6 +559,41 @@ def test_update_compiles_once_per_prompt_bucket(bits, expected):
     assert sum(c.name == "jit(train_step)" for c in compiled) == expected
 
 
+def test_update_pads_completions_to_the_longest_and_compiles_once_per_bucket():
+    """Steps whose longest completions have twelve lengths from 1 to 200 tokens: the batch is
+    padded to 64, 128 or 256 (64 x 2^k, max_completion_length 200), not to 200 every time,
+    and the update compiles once for each of the three."""
+    import types
+
+    from arc_jax import episode
+    from arc_jax.config import default_config
+    from arc_jax.rollout import Completion, PromptBuckets
+    from arc_jax.train import loop
+    from arc_jax.train.compiles import CompileCounter
+
+    config = default_config()
+    config.max_completion_length, config.completion_bucket_bits = 200, 1
+    buckets = loop.completion_buckets(config)
+    updater = GRPOUpdater(make_model(), GRPOLossConfig(), OPTIMIZER)
+    rng = np.random.default_rng(0)
+    record = lambda reward: types.SimpleNamespace(reward=reward)
+    lengths = [1, 200, 5, 64, 65, 16, 128, 129, 31, 199, 100, 2]
+    padded = []
+    with CompileCounter() as counter:
+        for longest in lengths:
+            completions = [Completion(tuple(rng.integers(6, 96, n).tolist()), (0.0,) * n,
+                                      (0.0,) * n, "length") for n in (1, longest)]
+            group = episode.Group(None, [1, 7, 8], completions, [record(1.0), record(0.0)])
+            batch, _ = loop.group_batch([group], pad_id=PAD, eos_ids=(EOS,),
+                                        loss=GRPOLossConfig(), buckets=PromptBuckets(minimum=4),
+                                        completion_buckets=buckets)
+            padded.append(batch.completion_ids.shape[2])
+            updater.step(batch._replace(sampler_logprobs=None))
+        compiled, _ = counter.take()
+    assert padded == [64, 256, 64, 64, 128, 64, 128, 256, 64, 256, 128, 64]
+    assert sum(c.name == "jit(train_step)" for c in compiled) == 3
+
+
 def test_update_memory_plan_refuses_what_does_not_fit_naming_the_knobs():
     from arc_jax.train.memory import UpdateMemoryError, check_update_fits
 

@@ -103,12 +103,16 @@ class Rows:
 @flax.struct.dataclass
 class Segment:
     """What a segment produced. tokens, logprobs, temperature_logprobs [B, k]: row b's tokens of
-    this segment are the first count[b] entries (entries past them are 0)."""
+    this segment are the first count[b] entries (entries past them are 0). steps: decoding
+    steps run; own_read: own-key slots the paged attention read (whole pages, summed over
+    steps and rows; for the bandwidth account)."""
 
     tokens: jax.Array
     logprobs: jax.Array
     temperature_logprobs: jax.Array
     count: jax.Array
+    steps: jax.Array
+    own_read: jax.Array
 
 
 def row_key(seed: int, prompt_index: int, sample_index: int) -> jax.Array:
@@ -220,7 +224,8 @@ def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Ar
     out = Segment(tokens=jnp.zeros((b, steps), jnp.int32),
                   logprobs=jnp.zeros((b, steps), jnp.float32),
                   temperature_logprobs=jnp.zeros((b, steps), jnp.float32),
-                  count=jnp.zeros((b,), jnp.int32))
+                  count=jnp.zeros((b,), jnp.int32), steps=jnp.int32(0), own_read=jnp.int32(0))
+    page_size = pool.page_size
 
     def cond(carry):
         i, _, rows, _, finished = carry
@@ -234,13 +239,14 @@ def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Ar
         tokens = jnp.where(live, choose_tokens(step_keys, processed, sampling.greedy), 0)
         lp = jnp.where(live, token_logprobs(processed, tokens), 0.0)
         tlp = jnp.where(live, token_logprobs(rows.logits / temperature, tokens), 0.0)
-        out = Segment(tokens=out.tokens.at[:, i].set(tokens),
-                      logprobs=out.logprobs.at[:, i].set(lp),
-                      temperature_logprobs=out.temperature_logprobs.at[:, i].set(tlp),
-                      count=out.count + live)
         stopped = jnp.any(tokens[:, None] == stop_ids, axis=-1)
         ended = live & (stopped | (rows.pos + 1 >= t_max))
         still = live & ~ended
+        read = jnp.sum(jnp.where(still, (rows.pos // page_size + 1) * page_size, 0))
+        out = Segment(tokens=out.tokens.at[:, i].set(tokens),
+                      logprobs=out.logprobs.at[:, i].set(lp),
+                      temperature_logprobs=out.temperature_logprobs.at[:, i].set(tlp),
+                      count=out.count + live, steps=out.steps + 1, own_read=out.own_read + read)
         seen = rows.seen.at[jnp.arange(b), tokens].max(live) if penalised else rows.seen
         logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, table,
                                    attention=attention, adapters=adapters)

@@ -113,8 +113,12 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
         fixed = plan(p, r, 0)
         page_bytes = page_size * kv_bytes_per_token(config, dtype)
         affordable = max(0, budget - fixed.total) // page_bytes
-        pages = 1 + min(p * r * per_row, affordable - 1)
-        if pages - 1 >= min(p * r * per_row, max(per_row, p * r * per_row // 2)):
+        full = p * r * per_row
+        # Rounded down to 1/16 of `full`, so that small changes of the free memory between
+        # calls give the same page count (a new count compiles a new decoding program).
+        quantum = max(1, full // 16)
+        pages = 1 + min(full, (affordable - 1) // quantum * quantum)
+        if pages - 1 >= min(full, max(per_row, full // 2)):
             return plan(p, r, pages)
         if p > 1:
             p //= 2

@@ -179,7 +179,11 @@ class JaxSampler:
         self.config = config
         self.attention = config.attention
         if self.attention == "auto":
-            self.attention = "pallas" if jax.default_backend() == "gpu" else "xla"
+            from arc_jax.rollout.pallas_attention import supported
+
+            gpu = jax.default_backend() == "gpu"
+            fits = supported(config.page_size, model.config.head_dim)
+            self.attention = "pallas" if gpu and fits else "xla"
         self._graphdef, lora, self._base = nnx.split(model, LoraParam, ...)
         # Committed to their placement, like the arrays `update_weights` hands in later, so
         # both hit the same compiled programs.
@@ -414,7 +418,10 @@ class _Run:
                 attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
             self.stats["segments"] += 1
+            self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
+            self.stats["own_kv_read"] += int(segment.own_read)
+            self.stats["prompt_kv_read"] += int(segment.steps) * self.p * self.prompt_len
             for b in range(self.b):
                 if self.row_sample[b] is None:
                     continue

@@ -94,17 +94,28 @@ def step_plan(config: ml_collections.ConfigDict, num_tasks: int) -> StepPlan:
 # ----------------------------------------------------------------------------- one step
 
 
+def completion_buckets(config: ml_collections.ConfigDict) -> PromptBuckets:
+    """The update's padded completion lengths: 64 x 2^k up to max_completion_length with
+    `completion_bucket_bits` significant bits (0: always max_completion_length)."""
+    return PromptBuckets(minimum=min(64, config.max_completion_length),
+                         bits=config.completion_bucket_bits, maximum=config.max_completion_length)
+
+
 def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
-                loss: grpo.GRPOLossConfig, completion_length: int, buckets: PromptBuckets
-                ) -> tuple[GroupBatch, dict]:
+                loss: grpo.GRPOLossConfig, buckets: PromptBuckets,
+                completion_buckets: PromptBuckets) -> tuple[GroupBatch, dict]:
     """The padded arrays of a step: prompts left-padded to their bucket (the sampler's rule, so
-    that the update compiles as rarely as the sampler), completions right-padded. The batch
-    carries the sampler's log-probs; a step drops them when the loss does not use them."""
+    that the update compiles as rarely as the sampler), completions right-padded to the bucket
+    of the step's longest completion (the update's cost follows the real lengths, and each
+    bucket compiles once). The batch carries the sampler's log-probs; a step drops them when
+    the loss does not use them."""
     num_prompts, group = len(groups), len(groups[0].completions)
     rewards_ = np.array([[r.reward for r in g.records] for g in groups], np.float32)  # [P, G]
     advantages, reward_stats = grpo.group_advantages(rewards_.reshape(-1), group,
                                                      loss.scale_rewards)
     prompt_len = buckets(max(len(g.prompt_ids) for g in groups))
+    completion_length = completion_buckets(max(len(c.token_ids) for g in groups
+                                               for c in g.completions))
     prompt_ids = np.full((num_prompts, prompt_len), pad_id, np.int32)
     prompt_mask = np.zeros((num_prompts, prompt_len), np.float32)
     completion_ids = np.full((num_prompts, group, completion_length), pad_id, np.int32)
@@ -239,6 +250,7 @@ class _Trainer:
         self.outdir = distributed.output_dir(pathlib.Path(config.workdir))
         self.loss = session.loss_config(config)
         self.buckets, self.sampler = buckets, engine
+        self.completion_buckets = completion_buckets(config)
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
         self.stream = episode.task_stream(config, tasks)
         self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
@@ -306,8 +318,8 @@ class _Trainer:
         groups = episode.agree_rewards(groups)
         begin = time.perf_counter()
         batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
-                                          loss=self.loss, completion_length=config.max_completion_length,
-                                          buckets=self.buckets)
+                                          loss=self.loss, buckets=self.buckets,
+                                          completion_buckets=self.completion_buckets)
         sampler_logprobs = batch.sampler_logprobs
         if not self.loss.importance_sampling_correction:
             batch = batch._replace(sampler_logprobs=None)
@@ -337,6 +349,7 @@ class _Trainer:
                 "tokens_per_s": tokens / max(rollout_s, 1e-9),
                 "prompt_tokens": float(sum(len(g.prompt_ids) for g in groups)),
                 "prompt_padded_len": float(np.shape(batch.prompt_ids)[1]),
+                "completion_padded_len": float(np.shape(batch.completion_ids)[2]),
                 **self._compile_metrics(step), **device_memory_metrics()}
 
     def _compile_metrics(self, step: int) -> dict[str, float]:

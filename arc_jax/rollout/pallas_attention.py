@@ -1,0 +1,97 @@
+"""`paged_attention` as a Pallas kernel: each decode row reads only the pages it has written.
+
+One program per (row, key/value head): it loads the row's g query heads of that key/value
+head once (padded to 16 rows, the smallest matrix-unit tile), then walks the row's page table
+up to ceil(length / ps) pages with an online softmax, one page of keys and values at a time,
+and writes the normalised output and the log-sum-exp. Bytes read per step follow each row's
+length, not the longest row's or max_new_tokens. Off a GPU it runs in Pallas' interpreter
+(for tests). Same contract as `arc_jax.rollout.attention.paged_attention`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+MIN_TILE = 16  # Triton's smallest dot operand dimension
+
+
+def _kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, groups: int,
+            block_h: int, scale: float):
+    # table_ref [n] int32, length_ref [1], q_ref [block_h, H] (rows >= groups are padding),
+    # k_ref, v_ref [M, ps, H] (this head's slice of the pool), o_ref [block_h, H], lse_ref [block_h]
+    length = length_ref[0]
+    page_size = k_ref.shape[1]
+    real = jnp.arange(block_h) < groups
+    q = plgpu.load(q_ref.at[pl.ds(0, block_h), :], mask=real[:, None], other=0.0)
+    q = (q.astype(jnp.float32) * scale).astype(k_ref.dtype)
+
+    def page(j, carry):
+        out, top, total = carry
+        index = table_ref[j]
+        k = k_ref[index]                                                     # [ps, H]
+        scores = plgpu.dot(q, k.T).astype(jnp.float32)                       # [block_h, ps]
+        visible = j * page_size + jnp.arange(page_size) < length
+        scores = jnp.where(visible[None, :], scores, -jnp.inf)
+        new_top = jnp.maximum(top, jnp.max(scores, axis=1))
+        correction = jnp.exp(top - new_top)
+        weights = jnp.exp(scores - new_top[:, None])
+        total = correction * total + jnp.sum(weights, axis=1)
+        v = v_ref[index]                                                     # [ps, H]
+        out = correction[:, None] * out + plgpu.dot(weights.astype(v.dtype), v).astype(jnp.float32)
+        return out, new_top, total
+
+    head_dim = q_ref.shape[1]
+    init = (jnp.zeros((block_h, head_dim), jnp.float32),
+            jnp.full((block_h,), jnp.finfo(jnp.float32).min, jnp.float32),
+            jnp.zeros((block_h,), jnp.float32))
+    out, top, total = jax.lax.fori_loop(0, pl.cdiv(length, page_size), page, init)
+    seen = total > 0
+    out = jnp.where(seen[:, None], out / jnp.where(seen, total, 1.0)[:, None], 0.0)
+    lse = jnp.where(seen, top + jnp.log(jnp.where(seen, total, 1.0)), -jnp.inf)
+    plgpu.store(o_ref.at[pl.ds(0, block_h), :], out.astype(o_ref.dtype), mask=real[:, None])
+    plgpu.store(lse_ref.at[pl.ds(0, block_h)], lse, mask=real)
+
+
+def supported(page_size: int, head_dim: int) -> bool:
+    """Whether the compiled (GPU) kernel handles these sizes (tiles of at least 16)."""
+    power_of_two = lambda x: x & (x - 1) == 0
+    return (page_size >= MIN_TILE and head_dim >= MIN_TILE and power_of_two(page_size)
+            and power_of_two(head_dim))
+
+
+@functools.partial(jax.jit, static_argnames=("interpret",))
+def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
+                    lengths: jax.Array, interpret: bool | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """q [B, N, H] over each row's first lengths[b] keys in k_pages, v_pages [M, ps, K, H]
+    through table [B, n] -> out [B, N, H] float32, lse [B, N] float32 (-inf, out 0 for rows
+    with length 0). interpret: run in Pallas' interpreter (default: when not on a GPU)."""
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    b, n, h = q.shape
+    pages, page_size, kv_heads, _ = k_pages.shape
+    groups = n // kv_heads
+    block_h = max(MIN_TILE, pl.next_power_of_2(groups))
+    program = lambda row, head: row * kv_heads + head
+    pool_spec = pl.BlockSpec((pages, page_size, None, h), lambda row, head: (0, 0, head, 0))
+    out, lse = pl.pallas_call(
+        functools.partial(_kernel, groups=groups, block_h=block_h, scale=h ** -0.5),
+        grid=(b, kv_heads),
+        in_specs=[pl.BlockSpec((None, table.shape[1]), lambda row, head: (row, 0)),
+                  pl.BlockSpec((1,), lambda row, head: (row,)),
+                  pl.BlockSpec((None, block_h, h), lambda row, head: (program(row, head), 0, 0)),
+                  pool_spec, pool_spec],
+        out_specs=[pl.BlockSpec((None, block_h, h), lambda row, head: (program(row, head), 0, 0)),
+                   pl.BlockSpec((None, block_h), lambda row, head: (program(row, head), 0))],
+        out_shape=[jax.ShapeDtypeStruct((b * kv_heads, groups, h), jnp.float32),
+                   jax.ShapeDtypeStruct((b * kv_heads, groups), jnp.float32)],
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        interpret=interpret,
+    )(table.astype(jnp.int32), lengths.astype(jnp.int32), q.reshape(b * kv_heads, groups, h),
+      k_pages, v_pages)
+    return out.reshape(b, n, h), lse.reshape(b, n)

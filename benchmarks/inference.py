@@ -72,7 +72,7 @@ def kernel_check() -> None:
         outs = {}
         for impl in ("xla", "pallas"):
             fn = jax.jit(lambda q, k, v, t, l, impl=impl: attention.paged_attention(
-                q, k, v, t, l, implementation=impl))
+                q, k, v, t, l, implementation=impl)[:2])
             outs[impl] = jax.block_until_ready(fn(q, k, v, table, lengths))
             begin = time.perf_counter()
             for _ in range(20):
@@ -89,6 +89,50 @@ def kernel_check() -> None:
         record["ok"] = False
         record["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
     emit(record)
+    segment_memory()
+
+
+def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len: int = 4096,
+                   pages: int = 2048, page_size: int = 32) -> None:
+    """The compiled decoding segment's memory at the 8B widths with `layers` layers: temp
+    bytes (XLA's scratch) against the page pool's bytes, per attention implementation. A temp
+    that grows with the pool means the decoding loop copies the pool."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from arc_jax.model import Llama, LlamaConfig, Numerics
+    from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+    from arc_jax.rollout.decode import PagePool, Rows, SlotCache
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=128)
+    model = Llama(config, numerics=Numerics(param_dtype=jnp.bfloat16, attention_impl="cudnn"),
+                  rngs=nnx.Rngs(0))
+    for impl in ("xla", "pallas"):
+        sampler = JaxSampler(model, config=SamplerConfig(attention=impl, page_size=page_size))
+        shaped = lambda f: jax.eval_shape(f)
+        m = nnx.merge(*sampler._weights)
+        cache = shaped(lambda: SlotCache.empty(m, slots, prompt_len, False))
+        pool = shaped(lambda: PagePool.empty(m, pages, page_size))
+        state = shaped(lambda: Rows.empty(rows, config.vocab_size, False))
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
+        try:
+            compiled = sampler._segment.lower(
+                *sampler._weights, cache, pool, spec((rows, 32), jnp.int32), state,
+                spec((rows,), bool), spec((rows,), bool), spec((rows, 2), jnp.uint32),
+                spec((), jnp.int32), steps=64, sampling=SamplingParams(top_p=0.95),
+                attention=impl, adapters=False).compile()
+            analysis = compiled.memory_analysis()
+            pool_bytes = sum(x.size * x.dtype.itemsize for x in pool.k + pool.v)
+            emit({"stage": "segment_memory", "attention": impl, "layers": layers,
+                  "pool_gib": round(pool_bytes / 2**30, 3),
+                  "temp_gib": round(analysis.temp_size_in_bytes / 2**30, 3),
+                  "alias_gib": round(analysis.alias_size_in_bytes / 2**30, 3)})
+        except Exception as e:  # noqa: BLE001
+            emit({"stage": "segment_memory", "attention": impl, "error": str(e)[:800]})
 
 
 # ----------------------------------------------------------------------------- eval runs

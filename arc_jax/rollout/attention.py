@@ -52,10 +52,11 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
 
 def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
                     lengths: jax.Array, *, implementation: str = "xla"
-                    ) -> tuple[jax.Array, jax.Array]:
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """q [B, N, H] over each row's first lengths[b] own keys, token t of row b being slot
     t % ps of page table[b, t // ps] of k_pages, v_pages [M, ps, K, H] -> out [B, N, H],
-    lse [B, N]. Rows with length 0 get out 0, lse -inf."""
+    lse [B, N], and the pages (the same values; the caller carries these on, see
+    `pallas_attention`). Rows with length 0 get out 0, lse -inf."""
     if implementation == "pallas":
         from arc_jax.rollout import pallas_attention
 
@@ -74,7 +75,7 @@ def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table:
     values = lambda w: jnp.einsum("bkgt,btkh->bkgh", w.astype(own_v.dtype), own_v,
                                   preferred_element_type=jnp.float32)
     out, lse = _softmax_part(scores, values)
-    return out.reshape(b, n, h), lse.reshape(b, n)
+    return out.reshape(b, n, h), lse.reshape(b, n), k_pages, v_pages
 
 
 def merge(first: tuple[jax.Array, jax.Array], second: tuple[jax.Array, jax.Array]) -> jax.Array:

@@ -178,8 +178,8 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
             prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
                                             cache.v[i], cache.valid)
             prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
-            own = paged.paged_attention(q, pool_k, pool_v, table, own_lengths,
-                                        implementation=attention)
+            *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table, own_lengths,
+                                                         implementation=attention)
             out = paged.merge(prefix, own).astype(q.dtype)
             return out[:, None], (pool_k, pool_v)
 

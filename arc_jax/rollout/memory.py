@@ -30,7 +30,9 @@ class SlotPlan:
     page_pool: the M pages' keys and values.
     rows: each row's next logits, token set and bookkeeping.
     workspace: estimated transient buffers (the sampling transforms' copies of the [B, V]
-      logits during a step, or the activations of one prompt's prefill, whichever is larger).
+      logits during a step, or the activations of one prompt's prefill, whichever is larger),
+      plus the old prompt cache while the slots grow to a longer prompt bucket (at most half
+      of the new one).
     """
 
     prompts: int
@@ -91,7 +93,7 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
                     prompt_cache=prompts * (prompt_len * (per_token + 1) + vocab * 5),
                     page_pool=pages * page_size * per_token,
                     row_state=rows * (vocab * 5 + 16),
-                    workspace=max(decode, prefill))
+                    workspace=max(decode, prefill) + prompts * prompt_len * per_token // 2)
 
 
 def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,

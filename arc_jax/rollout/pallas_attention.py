@@ -20,10 +20,12 @@ from jax.experimental.pallas import triton as plgpu
 MIN_TILE = 16  # Triton's smallest dot operand dimension
 
 
-def _kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, groups: int,
-            block_h: int, scale: float):
+def _kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, k_out_ref, v_out_ref, *,
+            groups: int, block_h: int, scale: float):
     # table_ref [n] int32, length_ref [1], q_ref [block_h, H] (rows >= groups are padding),
-    # k_ref, v_ref [M, ps, H] (this head's slice of the pool), o_ref [block_h, H], lse_ref [block_h]
+    # k_ref, v_ref [M, ps, H] (this head's slice of the pool), o_ref [block_h, H], lse_ref
+    # [block_h]; k_out_ref, v_out_ref: the pool again (aliased, never written: see below)
+    del k_out_ref, v_out_ref
     length = length_ref[0]
     page_size = k_ref.shape[1]
     real = jnp.arange(block_h) < groups
@@ -64,13 +66,17 @@ def supported(page_size: int, head_dim: int) -> bool:
             and power_of_two(head_dim))
 
 
-@functools.partial(jax.jit, static_argnames=("interpret",))
 def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
                     lengths: jax.Array, interpret: bool | None = None
-                    ) -> tuple[jax.Array, jax.Array]:
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """q [B, N, H] over each row's first lengths[b] keys in k_pages, v_pages [M, ps, K, H]
     through table [B, n] -> out [B, N, H] float32, lse [B, N] float32 (-inf, out 0 for rows
-    with length 0). interpret: run in Pallas' interpreter (default: when not on a GPU)."""
+    with length 0), and the pages, unchanged. interpret: run in Pallas' interpreter (default:
+    when not on a GPU).
+
+    The pages go out as outputs aliased to the inputs: the kernel then counts as updating the
+    pool in place, so that XLA, which updates the pool in place inside the decoding loop, does
+    not copy it to keep a version for the kernel. Use the returned pages from here on."""
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     b, n, h = q.shape
@@ -79,7 +85,7 @@ def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table:
     block_h = max(MIN_TILE, pl.next_power_of_2(groups))
     program = lambda row, head: row * kv_heads + head
     pool_spec = pl.BlockSpec((pages, page_size, None, h), lambda row, head: (0, 0, head, 0))
-    out, lse = pl.pallas_call(
+    out, lse, k_pages, v_pages = pl.pallas_call(
         functools.partial(_kernel, groups=groups, block_h=block_h, scale=h ** -0.5),
         grid=(b, kv_heads),
         in_specs=[pl.BlockSpec((None, table.shape[1]), lambda row, head: (row, 0)),
@@ -87,11 +93,15 @@ def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table:
                   pl.BlockSpec((None, block_h, h), lambda row, head: (program(row, head), 0, 0)),
                   pool_spec, pool_spec],
         out_specs=[pl.BlockSpec((None, block_h, h), lambda row, head: (program(row, head), 0, 0)),
-                   pl.BlockSpec((None, block_h), lambda row, head: (program(row, head), 0))],
+                   pl.BlockSpec((None, block_h), lambda row, head: (program(row, head), 0)),
+                   pool_spec, pool_spec],
         out_shape=[jax.ShapeDtypeStruct((b * kv_heads, groups, h), jnp.float32),
-                   jax.ShapeDtypeStruct((b * kv_heads, groups), jnp.float32)],
+                   jax.ShapeDtypeStruct((b * kv_heads, groups), jnp.float32),
+                   jax.ShapeDtypeStruct(k_pages.shape, k_pages.dtype),
+                   jax.ShapeDtypeStruct(v_pages.shape, v_pages.dtype)],
+        input_output_aliases={3: 2, 4: 3},
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
     )(table.astype(jnp.int32), lengths.astype(jnp.int32), q.reshape(b * kv_heads, groups, h),
       k_pages, v_pages)
-    return out.reshape(b, n, h), lse.reshape(b, n)
+    return out.reshape(b, n, h), lse.reshape(b, n), k_pages, v_pages

@@ -139,15 +139,19 @@ def _merged_kernel(kernel, a, b, scaling):
 def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float) -> nnx.State:
     """A copy of `base` in which each adapted kernel is W + s * A B (in the kernel's dtype and
     placement); the other arrays are shared, not copied, and `base` is left as it was. Run
-    the result with adapters=False."""
+    the result with adapters=False. While every B is zero (fresh adapters: the base model, as
+    evaluated first) that is `base` itself, and no memory is spent on a copy."""
     key = jax.tree_util.keystr
     adapters = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lora)[0]}
+    fresh = not any(bool(jax.numpy.any(x != 0)) for name, x in adapters.items() if "lora_b" in name)
 
     def merged(path, kernel):
         a, b = (adapters.get(key(path).replace("['kernel']", f"['{name}']"))
                 for name in ("lora_a", "lora_b"))
         if a is None or not key(path).endswith("['kernel'].value"):
             return kernel
+        if fresh:  # the kernel itself, placed as a merged one would be (no recompilation)
+            return jax.device_put(kernel, kernel.sharding)
         return jax.device_put(_merged_kernel(kernel, a, b, scaling), kernel.sharding)
 
     return jax.tree_util.tree_map_with_path(merged, base)

@@ -1,16 +1,17 @@
-"""Prefill and decode throughput of the JAX sampler, and decode bytes vs the bandwidth floor.
+"""Decode throughput of the JAX sampler on a random model, and its share of the bandwidth floor.
 
-A randomly initialised Llama of the chosen shape prefills P prompts of the given length once,
-then decodes G samples per prompt for the given number of new tokens (no stop tokens, so every
-sample runs the full length). Example:
+A randomly initialised Llama of the chosen shape samples G completions for each of P prompts
+(no stop tokens, so every sample runs the full length: the worst case) through
+`JaxSampler.generate`, twice; the second call is timed. Example:
 
     python benchmarks/sampler.py --model tiny --prompt_len 256 --G 8 --new_tokens 64
-    python benchmarks/sampler.py --model llama-3.1-8b --prompt_len 4096 --G 64 --new_tokens 1024
+    python benchmarks/sampler.py --model llama-3.1-8b --prompts 8 --G 32 --prompt_len 1024 \\
+        --new_tokens 1024 --bandwidth_gbs 3350
 
-The floor of one decode step is the bytes it must read (all weights, each prompt's KV cache
-once, each sample's completion KV cache so far) divided by the memory bandwidth; the table
-shows how close the measured step comes to it. Bandwidth is measured with a large reduction
-unless --bandwidth_gbs gives it (e.g. 3350 for an H100 SXM).
+The floor of the decoding steps is the bytes they must read (all weights once per step, each
+prompt slot's keys and values, each row's own pages as the engine counts them) divided by the
+memory bandwidth. Bandwidth is measured with a large reduction unless --bandwidth_gbs gives it
+(e.g. 3350 for an H100 SXM, 4800 for an H200).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import numpy as np
 from flax import nnx
 
 from arc_jax.model import LlamaConfig, Llama, Numerics, RopeScaling
-from arc_jax.rollout import SamplingParams, plan_memory
-from arc_jax.rollout.decode import decode, prefill, row_keys
-from arc_jax.rollout.memory import free_device_bytes, kv_bytes_per_token, check_fits
+from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+from arc_jax.rollout.memory import kv_bytes_per_token
 
 MODELS = {
     "tiny": LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=768,
@@ -48,13 +48,12 @@ def measure_bandwidth(num_bytes: int = 512 * 2 ** 20) -> float:
     x = jnp.ones((num_bytes // 4,), jnp.float32)
     total = jax.jit(jnp.sum)
     total(x).block_until_ready()
-    return num_bytes / min(timed(lambda: total(x))[1] for _ in range(5))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - start
+    best = float("inf")
+    for _ in range(5):
+        begin = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - begin)
+    return num_bytes / best
 
 
 def main() -> None:
@@ -62,61 +61,52 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--config", help="a Hugging Face config.json instead of --model")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--prompts", type=int, default=1, help="distinct prompts per batch (P)")
+    parser.add_argument("--prompts", type=int, default=1, help="distinct prompts (P)")
     parser.add_argument("--prompt_len", type=int, default=256)
     parser.add_argument("--G", type=int, default=8, help="samples per prompt")
     parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--max_rows", type=int, default=256)
+    parser.add_argument("--rows_per_prompt", type=int, default=16)
     parser.add_argument("--bandwidth_gbs", type=float, help="memory bandwidth in GB/s")
     args = parser.parse_args()
 
     config = LlamaConfig.from_json(args.config) if args.config else MODELS[args.model]
     dtype = jnp.dtype(args.dtype)
     p, s, g, t = args.prompts, args.prompt_len, args.G, args.new_tokens
-    check_fits(plan_memory(config, dtype, p, s, g, t), free_device_bytes())
-
     model = Llama(config, numerics=Numerics(param_dtype=dtype), rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=t, stop_token_ids=())
-
-    @jax.jit
-    def run_prefill(state, tokens, lengths):
-        return prefill(nnx.merge(graphdef, state), tokens, lengths)
-
-    @jax.jit
-    def run_decode(state, prompt, tokens, first_logits):
-        keys = row_keys(jnp.uint32(0), jnp.arange(p), g)
-        return decode(nnx.merge(graphdef, state), prompt, tokens, first_logits,
-                      jnp.ones((p,), bool), keys, n=g, sampling=sampling)
-
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (p, s), dtype=np.int32)
-    lengths = np.full((p,), s, np.int32)
-    prompt, first = run_prefill(state, tokens, lengths)  # compile
-    run_decode(state, prompt, tokens, first).lengths.block_until_ready()
-    (prompt, first), prefill_s = timed(lambda: run_prefill(state, tokens, lengths))
-    rollout, decode_s = timed(lambda: run_decode(state, prompt, tokens, first))
-    assert int(rollout.lengths.min()) == t, "every sample should run the full length"
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
+    sampler = JaxSampler(model, config=SamplerConfig(max_rows=args.max_rows,
+                                                     rows_per_prompt=args.rows_per_prompt))
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=t, stop_token_ids=(),
+                              seed=0)
+    prompts = np.random.default_rng(0).integers(0, config.vocab_size, (p, s)).tolist()
+    begin = time.perf_counter()
+    sampler.generate(prompts, g, sampling)  # compiles
+    compile_s = time.perf_counter() - begin
+    begin = time.perf_counter()
+    out = sampler.generate(prompts, g, sampling)
+    seconds = time.perf_counter() - begin
+    stats = sampler.last_stats
+    assert min(len(c.token_ids) for cs in out for c in cs) == t, "every sample runs the full length"
 
     per_token = kv_bytes_per_token(config, dtype)
-    prompt_kv = p * s * per_token
-    floor_bytes = weight_bytes + prompt_kv + p * g * per_token * (t + 1) / 2  # mean over steps
-    read_bytes = weight_bytes + prompt_kv + p * g * per_token * t  # all T slots every step
+    read = (stats["steps"] * weight_bytes
+            + per_token * (stats["prompt_kv_read"] + stats["own_kv_read"]))
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else measure_bandwidth()
-    step_s = decode_s / t
     rows = [
         ("device", jax.devices()[0].device_kind),
         ("model / dtype", f"{args.config or args.model} / {args.dtype}"),
         ("P x prompt_len, G, new tokens", f"{p} x {s}, {g}, {t}"),
-        ("prefill tokens/s", f"{p * s / prefill_s:,.0f}  ({prefill_s * 1e3:.1f} ms)"),
-        ("decode tokens/s", f"{p * g * t / decode_s:,.0f}  ({step_s * 1e3:.2f} ms/step)"),
-        ("weights", f"{weight_bytes / 2**20:,.1f} MiB"),
-        ("prompt KV cache (one copy)", f"{prompt_kv / 2**20:,.1f} MiB"),
-        ("bytes/step floor (mean)", f"{floor_bytes / 2**20:,.1f} MiB"),
-        ("bytes/step read (full slots)", f"{read_bytes / 2**20:,.1f} MiB"),
+        ("rows (slots x rows per slot)", f"{stats['rows']} ({stats['prompt_slots']} x "
+                                         f"{stats['rows'] // stats['prompt_slots']})"),
+        ("first call (compiles)", f"{compile_s:.1f} s"),
+        ("output tokens/s", f"{p * g * t / seconds:,.0f}  ({seconds:.2f} s)"),
+        ("decode steps", f"{stats['steps']} ({1e3 * seconds / stats['steps']:.2f} ms/step, "
+                         "prefill included)"),
+        ("bytes read (weights per step, KV read)", f"{read / 2**30:,.1f} GiB"),
         ("memory bandwidth", f"{bandwidth / 1e9:,.1f} GB/s"
                              + ("" if args.bandwidth_gbs else " (measured)")),
-        ("floor time/step", f"{floor_bytes / bandwidth * 1e3:.2f} ms"),
-        ("fraction of floor", f"{floor_bytes / bandwidth / step_s:.1%}"),
+        ("share of the floor", f"{read / bandwidth / seconds:.1%}"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -67,16 +67,18 @@ def test_demo_smoke_run_learns(smoke_run):
 
 def test_compiles_only_come_with_a_new_prompt_bucket(smoke_run):
     """Every step logs `compiles`; the first step compiles the sampler and the update, and a
-    later step compiles only when its padded prompt length is one no earlier step had, or
-    right after the first checkpoint (save_steps = 50), whose finiteness check compiles once."""
+    later step compiles only when its padded prompt length or its padded completion length
+    is one no earlier step had, or right after the first checkpoint (save_steps = 50), whose
+    finiteness check compiles once."""
     metrics = read_metrics(smoke_run)
     assert all("compiles" in m and "prompt_padded_len" in m for m in metrics)
     assert metrics[0]["compiles"] > 0
-    seen = {metrics[0]["prompt_padded_len"]}
+    shape = lambda m: (m["prompt_padded_len"], m["completion_padded_len"])
+    seen = {shape(metrics[0])}
     for m in metrics[1:]:
         if m["compiles"] > 0 and m["step"] != 51:
-            assert m["prompt_padded_len"] not in seen, m["step"]
-        seen.add(m["prompt_padded_len"])
+            assert shape(m) not in seen, m["step"]
+        seen.add(shape(m))
     assert metrics[50]["step"] == 51 and metrics[50]["compiles"] >= 1
 
 

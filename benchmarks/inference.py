@@ -143,7 +143,8 @@ def run_eval(name: str, checkpoint: pathlib.Path, out: pathlib.Path, args) -> di
     shutil.rmtree(output_dir, ignore_errors=True)
     command = [sys.executable, "-m", "arc_jax.launch", "--config=configs/eval_barc_8b.py",
                f"--config.model_path={checkpoint}", f"--config.max_tasks={args.tasks}",
-               f"--config.eval.n_predictions={2 * args.predictions}", "--config.eval.rounds=2",
+               f"--config.eval.n_predictions={args.rounds * args.predictions}",
+               f"--config.eval.rounds={args.rounds}",
                f"--config.eval.output_dir={output_dir}", f"--config.workdir={out / 'workdir'}",
                "--config.eval.num_pictures=0", *args.override]
     emit({"stage": "eval", "name": name, "command": " ".join(command[2:])})
@@ -237,6 +238,8 @@ def main():
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/inference"))
     p.add_argument("--tasks", type=int, default=16, help="evaluation tasks (N)")
     p.add_argument("--predictions", type=int, default=64, help="predictions per task per round")
+    p.add_argument("--rounds", type=int, default=2, help="rounds (round 0 also compiles)")
+    p.add_argument("--skip-kernel", action="store_true", help="no kernel check")
     p.add_argument("--stop-probability", type=float, default=0.0022,
                    help="per-token stop probability of the realistic checkpoint")
     p.add_argument("--memory-fraction", type=float, default=0.95,
@@ -274,7 +277,8 @@ def main():
             begin = time.perf_counter()
             subprocess.run(me + [f"--phase={phase}"], check=True, env=env_with_root())
             emit({"stage": phase, "seconds": round(time.perf_counter() - begin, 1)})
-    subprocess.run(me + ["--phase=kernel"], env=env_with_root(), cwd=ROOT)
+    if not args.skip_kernel:
+        subprocess.run(me + ["--phase=kernel"], env=env_with_root(), cwd=ROOT)
     sizes = model_sizes(worst)
     for name_, folder, skip in (("realistic", realistic, args.skip_realistic),
                                 ("worst", worst, args.skip_worst)):

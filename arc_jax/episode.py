@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import ml_collections
+import tqdm
 
 from arc_jax import data
 from arc_jax import distributed
@@ -91,14 +92,18 @@ def agree_rewards(groups: Sequence[Group]) -> list[Group]:
 
 def sample_and_score(engine: RolloutEngine, pool: ExecutionPool, draws: Sequence[Draw],
                      prompt_ids: Sequence[list[int]], n: int, sampling: SamplingParams,
-                     scheme: str, chunk: int) -> tuple[list[Group], float, float]:
+                     scheme: str, chunk: int, progress: bool = False
+                     ) -> tuple[list[Group], float, float]:
     """Samples n completions per prompt and scores them; returns groups and the two timings.
+    `progress` shows a bar over the chunks.
 
     The prompts go to the engine `chunk` at a time, and each chunk's programs are submitted to
     the pool before the next chunk is sampled, so execution overlaps sampling.
     """
     pending, sampled, rollout_s = [], [], 0.0
-    for start in range(0, len(draws), chunk):
+    starts = range(0, len(draws), chunk)
+    for start in tqdm.tqdm(starts, desc="sampling", unit="chunk", leave=False,
+                           dynamic_ncols=True, disable=not progress):
         begin = time.perf_counter()
         groups = engine.generate(prompt_ids[start:start + chunk], n, sampling)
         rollout_s += time.perf_counter() - begin

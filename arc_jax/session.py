@@ -127,6 +127,8 @@ def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data
     if config.task_filter == "toy_solvable":
         from arc_jax import toy
 
+        print(f"selecting the tasks the toy program family solves among {len(tasks)}",
+              flush=True)
         tasks = toy.demo_tasks(tasks, tokenizer, toy_policy_config(config))
     elif config.task_filter:
         raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")

@@ -133,6 +133,9 @@ def build_toy_policy(directory: str | os.PathLike, config: ToyPolicyConfig = Toy
         os.remove(marker)
 
     start = time.perf_counter()
+    print(f"building the toy policy in {directory} (once; later runs reuse it): "
+          f"{config.num_synthetic_tasks} synthetic tasks, a tokenizer, {config.sft.steps} "
+          "warm-start steps", flush=True)
     tasks = synthetic_tasks(config.num_synthetic_tasks, seed, config.synthetic)
     prompt_texts = [prompts.render_prompt(task, config.prompt_config, seed=i)
                     for i, (task, _) in enumerate(tasks)]
@@ -149,6 +152,8 @@ def build_toy_policy(directory: str | os.PathLike, config: ToyPolicyConfig = Toy
             f"tokens, more than max_seq_len={config.max_seq_len}; lower the SyntheticConfig "
             "grid sizes or raise max_seq_len")
 
+    print(f"toy policy: {len(examples)} examples, tokenizer of {len(tokenizer)} tokens "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
     model = Llama(llama_config(config, tokenizer), numerics=Numerics(param_dtype=jnp.float32),
                   rngs=nnx.Rngs(seed))
     losses = train_sft(model, examples, config.sft, tokenizer.pad_token_id, seed=seed)
@@ -160,6 +165,7 @@ def build_toy_policy(directory: str | os.PathLike, config: ToyPolicyConfig = Toy
         "eos_token_id": list(stop_token_ids(tokenizer)),
         "pad_token_id": tokenizer.pad_token_id,
     })
+    print(f"toy policy built in {time.perf_counter() - start:.0f} s: {directory}", flush=True)
     _write_json(marker, {
         "settings": settings,
         "stop_tokens": [EOT, END_OF_TEXT],

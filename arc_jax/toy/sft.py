@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 
 from arc_jax import prompts
@@ -132,10 +133,13 @@ def train(model: Llama, examples: Sequence[Example], config: SftConfig, pad_id: 
     batches = length_grouped_batches([len(e.token_ids) for e in examples], config.batch_size,
                                      np.random.default_rng(seed))
     losses = []
-    for _ in range(config.steps):
+    bar = tqdm.tqdm(range(config.steps), desc="toy policy warm start", unit="step",
+                    dynamic_ncols=True)
+    for _ in bar:
         batch = [examples[i] for i in next(batches)]
         tokens, mask = pad_batch(batch, config.length_multiple, pad_id)
         params, opt_state, loss = step(params, opt_state, tokens, mask)
         losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     nnx.update(model, params)
     return losses

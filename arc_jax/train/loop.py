@@ -179,7 +179,8 @@ def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptM
     ids = sorted(tasks)
     draws = [Draw(i, 0, tasks[task_id], data.Augmentation.identity()) for i, task_id in enumerate(ids)]
     prompt_ids = [make_prompt(d.task, seed=d.index) for d in draws]
-    groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk)
+    groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk,
+                                    progress=True)
     per_task = {g.draw.task.id: float(np.mean([r.solved for r in g.records])) for g in groups}
     return {
         "samples_per_task": n,
@@ -373,6 +374,8 @@ class _Trainer:
         path = self.outdir / f"eval_{name}.json"
         if path.exists():
             return json.loads(path.read_text())
+        print(f"evaluating the policy {name} RL: {len(self.tasks)} tasks x "
+              f"{self.config.eval.num_samples} samples", flush=True)
         sampling = session.sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
         result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
                              self.config.eval.num_samples, sampling, self.config.reward_name,

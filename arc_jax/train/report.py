@@ -54,4 +54,8 @@ def write_summary(workdir: pathlib.Path, before: dict | None, after: dict | None
         summary["table"] = table
         print(table)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    written = [workdir / "metrics.jsonl", workdir / "checkpoints", workdir / "summary.json"]
+    if metrics:
+        written.insert(1, workdir / "reward_per_step.png")
+    print("wrote " + ", ".join(str(path) for path in written))
     return summary

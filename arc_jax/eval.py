@@ -99,7 +99,27 @@ def run(config: ml_collections.ConfigDict) -> dict:
     (out / "summary.json").write_text(json.dumps(
         {name: {**{k: v for k, v in r.items() if k != "submission"}, "rounds": timings[name]}
          for name, r in results.items()}, indent=1))
+    dataset = write_dataset(tasks, out)
+    print(f"wrote to {out}: " + ", ".join(
+        f"{name}.predictions.jsonl.gz, {name}.submission.json, {name}.pass_at_k.json/.png"
+        for name in results) + f", summary.json, {dataset.name} (the tasks evaluated: give it as "
+        "--dataset to python -m arc_jax.submission validate|score)")
     return results
+
+
+def write_dataset(tasks: Mapping[str, data.Task], out: pathlib.Path) -> pathlib.Path:
+    """The evaluated tasks as a Kaggle-style `tasks_challenges.json` (and, when every test
+    output is known, `tasks_solutions.json` beside it), so that the submission can be
+    validated and scored against exactly the tasks it answers."""
+    challenges = out / "tasks_challenges.json"
+    data.save_tasks(tasks, challenges, with_test_outputs=False)
+    solutions = out / "tasks_solutions.json"
+    if all(p.output is not None for task in tasks.values() for p in task.test):
+        solutions.write_text(json.dumps({task_id: [p.output.tolist() for p in task.test]
+                                         for task_id, task in tasks.items()}))
+    else:
+        solutions.unlink(missing_ok=True)
+    return challenges
 
 
 def load_adapter(config: ml_collections.ConfigDict, model) -> None:

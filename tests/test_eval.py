@@ -132,7 +132,9 @@ def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_p
     results = evaluation.run(config)
     out = tmp_path / "out"
     assert list(results) == ["baseline"]
-    assert "--- baseline ---" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--- baseline ---" in printed
+    assert f"wrote to {tmp_path / 'out'}: " in printed and "tasks_challenges.json" in printed
     tasks = dict(sorted(data.load_tasks("arc-agi-1/training").items())[:2])
     entries = json.loads((out / "baseline.submission.json").read_text())
     assert submission.validate(entries, tasks) == []
@@ -140,3 +142,12 @@ def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_p
     assert list(curve) == ["1", "2", "3", "4"] and all(0 <= v <= 1 for v in curve.values())
     assert (out / "baseline.pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(out.glob("baseline.*.png"))) == 2  # the curve and one task
+    # The README's commands check the submission against the tasks the eval wrote beside it.
+    for command in ("validate", "score"):
+        result = subprocess.run(
+            [sys.executable, "-m", "arc_jax.submission", command,
+             f"--submission={out / 'baseline.submission.json'}",
+             f"--dataset={out / 'tasks_challenges.json'}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "solved tasks:" in result.stdout and "of 2" in result.stdout

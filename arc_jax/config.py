@@ -16,6 +16,33 @@ import ml_collections
 from arc_jax.rollout.vllm import VLLM_LORA_RANKS
 
 
+def field_help() -> str:
+    """Every field of `default_config` with its default and the comment beside it (the
+    fields' documentation), one per line, for `launch --help`."""
+    import inspect
+    import re
+
+    defaults = default_config()
+    lines, pending = [], ""
+    for line in inspect.getsource(default_config).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and not lines:
+            continue
+        match = re.match(r"config\.([\w.]+) = .*?(?:#\s*(.*))?$", stripped)
+        if not match or isinstance(_lookup(defaults, match.group(1)), ml_collections.ConfigDict):
+            continue
+        name, comment = match.group(1), match.group(2) or ""
+        value = _lookup(defaults, name)
+        lines.append(f"  --config.{name}={value!r}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mode = "train"  # "train", "dry_run" (data + prompts only) or "eval"

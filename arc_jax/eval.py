@@ -94,14 +94,16 @@ def run(config: ml_collections.ConfigDict) -> dict:
                                out / f"{name}.predictions.jsonl.gz", timings[name])
             results[name] = report(config, name, records, tasks, out)
     if len(results) > 1:
-        print(rewards.compare_table({name: r["mean"] for name, r in results.items()}))
+        print(rewards.compare_table({name: r["mean"] for name, r in results.items()},
+                                    columns=rewards.COMPACT_COLUMNS))
     pictures(config, tasks, results, out)
     (out / "summary.json").write_text(json.dumps(
         {name: {**{k: v for k, v in r.items() if k != "submission"}, "rounds": timings[name]}
          for name, r in results.items()}, indent=1))
     dataset = write_dataset(tasks, out)
     print(f"wrote to {out}: " + ", ".join(
-        f"{name}.predictions.jsonl.gz, {name}.submission.json, {name}.pass_at_k.json/.png"
+        f"{name}.predictions.jsonl.gz, {name}.submission.json, {name}.metrics.txt (every "
+        f"column, every task), {name}.pass_at_k.json/.png"
         for name in results) + f", summary.json, {dataset.name} (the tasks evaluated: give it as "
         "--dataset to python -m arc_jax.submission validate|score)")
     return results
@@ -249,7 +251,8 @@ def report(config, name: str, records: Mapping[str, Sequence[rewards.CompletionR
     ks = range(1, config.eval.n_predictions + 1)
     per_task = {t: rewards.task_metrics(r, (1, 2)) for t, r in records.items()}
     mean = rewards.mean_metrics(per_task)
-    print(f"--- {name} ---\n{rewards.format_table(per_task, mean, show_tasks=config.eval.show_tasks)}")
+    print(f"--- {name} ---\n{rewards.format_table(per_task, mean, show_tasks=config.eval.show_tasks, columns=rewards.COMPACT_COLUMNS)}")
+    (out / f"{name}.metrics.txt").write_text(rewards.format_table(per_task, mean) + "\n")
     curve = {k: float(np.mean([rewards.pass_at_k(len(r), sum(x.test is not None and x.test.is_correct for x in r), k)
                                for r in records.values()])) for k in ks}
     (out / f"{name}.pass_at_k.json").write_text(json.dumps(curve, indent=1))

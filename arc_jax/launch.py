@@ -7,7 +7,11 @@ the config does not have is an error. `config.mode` picks what runs.
 """
 
 import importlib
+import os
 import sys
+
+# transformers warns on import that PyTorch is missing; a JAX program does not need it.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from absl import app
 from absl import flags
@@ -42,9 +46,9 @@ MODES = {
 
 
 def resolve_mode(mode: str):
-    """Returns the function that runs `mode`, or raises UsageError naming the valid modes."""
+    """Returns the function that runs `mode`; exits with one line naming the valid modes."""
     if mode not in MODES:
-        raise app.UsageError(f"config.mode={mode!r} is not a mode; expected one of {sorted(MODES)}")
+        sys.exit(f"error: config.mode={mode!r} is not a mode; expected one of {sorted(MODES)}")
     module_name, function_name = MODES[mode].split(":")
     return getattr(importlib.import_module(module_name), function_name)
 
@@ -76,6 +80,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         return app.parse_flags_with_usage(argv)
     except SystemExit as e:
         if e.code == 1 and set(argv[1:]) & _HELP_FLAGS:
+            from arc_jax.config import field_help
+
+            print("\nconfig fields (the defaults of arc_jax/config.py; a config file may change "
+                  "them; override with --config.<field>=<value>):\n" + field_help())
             sys.exit(0)  # absl exits 1 after printing help; asking for help is not an error
         raise
     except (AttributeError, KeyError) as e:

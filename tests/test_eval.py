@@ -134,6 +134,9 @@ def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_p
     assert list(results) == ["baseline"]
     printed = capsys.readouterr().out
     assert "--- baseline ---" in printed
+    assert max(len(line) for line in printed.split("--- baseline ---")[1].splitlines()[:3]) <= 100
+    full = (out / "baseline.metrics.txt").read_text().splitlines()[0].split()
+    assert "unique_outputs" in full and "test_pixel_score" in full
     assert f"wrote to {tmp_path / 'out'}: " in printed and "tasks_challenges.json" in printed
     tasks = dict(sorted(data.load_tasks("arc-agi-1/training").items())[:2])
     entries = json.loads((out / "baseline.submission.json").read_text())

@@ -33,11 +33,22 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_lists_the_config_flag():
+def test_help_lists_the_config_flag_and_every_field_with_its_default():
     result = _launch("--help")
     assert result.returncode == 0
     assert "--config" in result.stdout
     assert "configs/demo.py" in result.stdout
+    assert "--config.learning_rate=1e-06" in result.stdout
+    assert ("--config.sampler.page_size=32  # tokens per page of the completion cache"
+            in result.stdout)
+    assert "--config.rollout.vllm.server_port=0  # 0 = a free port" in result.stdout
+
+
+def test_an_unknown_mode_is_one_line_without_the_help():
+    result = _launch("--config=configs/demo.py", "--config.mode=evaluate")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: config.mode='evaluate' is not a mode; expected one of ['dry_run', 'eval', 'train']"]
 
 
 def test_unknown_override_fails_with_the_field_name():
@@ -75,7 +86,7 @@ def test_every_mode_resolves_to_its_run_function():
 
 
 def test_unknown_mode_names_the_valid_ones():
-    with pytest.raises(Exception, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'train'\]"):
+    with pytest.raises(SystemExit, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'train'\]"):
         launch.resolve_mode("sample")
 
 

@@ -1,7 +1,7 @@
 """Rewards and metrics: grade program outputs, reward completions, summarise predictions."""
 
 from arc_jax.rewards.grading import PartitionGrade, fingerprint, grade_partition, pixel_score
-from arc_jax.rewards.metrics import Metrics, compare_table, error_counts, format_table, mean_metrics, metric_columns, pass_at_k, task_metrics
+from arc_jax.rewards.metrics import COMPACT_COLUMNS, Metrics, compare_table, error_counts, format_table, mean_metrics, metric_columns, pass_at_k, task_metrics
 from arc_jax.rewards.record import PARSE_ERROR, CompletionRecord
 from arc_jax.rewards.schemes import DEFAULT_SCHEME, SCHEMES, RewardScheme, get_scheme, reward, reward_from_record
 from arc_jax.rewards.scoring import (
@@ -21,6 +21,7 @@ __all__ = [
     "PartitionGrade",
     "PendingCompletion",
     "RewardScheme",
+    "COMPACT_COLUMNS",
     "compare_table",
     "error_counts",
     "fingerprint",

@@ -124,23 +124,31 @@ def error_counts(records: Iterable[CompletionRecord]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def format_table(per_task: Mapping[str, Metrics], mean: Metrics, show_tasks: bool = True) -> str:
-    """A plain-text table: one row per task (if `show_tasks`) and a MEAN row.
+# The columns that fit a 100-character terminal (the full table goes to a file).
+COMPACT_COLUMNS = ("n_preds", "valid_code", "train_pass_rate", "test_pass_rate", "is_correct",
+                   "pass@1", "pass@2", "reward")
+
+
+def format_table(per_task: Mapping[str, Metrics], mean: Metrics, show_tasks: bool = True,
+                 columns: Sequence[str] | None = None) -> str:
+    """A plain-text table: one row per task (if `show_tasks`) and a MEAN row, with the given
+    columns (default: every metric).
 
     Rates are printed as percentages with one decimal, n_preds with up to 4 digits and the reward
     with three decimals; "-" marks a missing value.
     """
     rows = list(per_task.items()) if show_tasks else []
-    return _table(rows + [("MEAN", mean)], "task")
+    return _table(rows + [("MEAN", mean)], "task", columns)
 
 
-def compare_table(means: Mapping[str, Metrics]) -> str:
+def compare_table(means: Mapping[str, Metrics], columns: Sequence[str] | None = None) -> str:
     """The MEAN rows of several evaluations (e.g. baseline and RL checkpoint), one per row."""
-    return _table(list(means.items()), "policy")
+    return _table(list(means.items()), "policy", columns)
 
 
-def _table(rows: Sequence[tuple[str, Metrics]], first: str) -> str:
-    columns = list(rows[-1][1])
+def _table(rows: Sequence[tuple[str, Metrics]], first: str,
+           columns: Sequence[str] | None = None) -> str:
+    columns = [c for c in (columns or rows[-1][1]) if c in rows[-1][1]]
     cells = [[name] + [_format_cell(col, metrics[col]) for col in columns] for name, metrics in rows]
     header = [first] + columns
     widths = [max(len(row[i]) for row in [header] + cells) for i in range(len(header))]

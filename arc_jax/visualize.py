@@ -92,7 +92,11 @@ def render_task(task: data.Task, attempts: Attempts | None = None, *, title: str
         if pair.output is not None:
             draw_grid(column[1], pair.output, f"test {j + 1} expected")
         for k, grid in enumerate(grids):
-            draw_grid(column[1 + has_expected + k], grid, *_attempt_label(k, grid, pair.output))
+            ax = column[1 + has_expected + k]
+            if _is_filler(grid) and not _is_filler(pair.output):
+                ax.set_title(f"attempt {k + 1}: none", fontsize=9, color="grey")
+                continue
+            draw_grid(ax, grid, *_attempt_label(k, grid, pair.output))
     figure.suptitle(task.id if title is None else title)
     return figure
 
@@ -108,6 +112,11 @@ def _checked_attempts(task: data.Task, attempts: Attempts | None) -> list[list[n
                                  f"task {task.id}: attempts[{i}][{k}]")
              for k, grid in enumerate(grids)]
             for i, grids in enumerate(attempts)]
+
+
+def _is_filler(grid: np.ndarray | None) -> bool:
+    """The [[0]] a submission holds where it has no attempt (`arc_jax.submission`)."""
+    return grid is not None and np.shape(grid) == (1, 1) and int(np.asarray(grid)[0, 0]) == 0
 
 
 def _attempt_label(k: int, grid: np.ndarray, expected: np.ndarray | None) -> tuple[str, str]:

@@ -85,6 +85,16 @@ def test_attempts_are_labelled_and_marked(tasks):
                       "test 1 input", "test 1 expected", "attempt 1: incorrect", "attempt 2: correct"]
 
 
+def test_the_filler_attempt_is_drawn_as_no_attempt(tasks):
+    import numpy as np
+
+    task = tasks["67a3c6ac"]
+    figure = visualize.render_task(task, [[task.test[0].output, np.zeros((1, 1), int)]])
+    drawn = [ax.get_title() for ax in figure.axes if ax.axison]
+    assert drawn[-1] == "attempt 1: correct"  # the [[0]] filler is not drawn as a grid
+    assert "attempt 2: none" in [ax.get_title() for ax in figure.axes if not ax.axison]
+
+
 def test_hidden_test_output_leaves_attempts_unmarked(tasks):
     task = tasks["6150a2bd"]
     hidden = dataclasses.replace(task, test=(dataclasses.replace(task.test[0], output=None),))

@@ -19,6 +19,8 @@ import pytest
 
 from arc_jax.train.metrics_log import read_metrics
 
+pytestmark = pytest.mark.slow  # trains the demo (about 12 minutes on two cores)
+
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Wall-clock figures differ between any two runs, and so do compilations (a resumed process
 # compiles its first step again); everything else must not.

@@ -4,7 +4,8 @@ GRPO on a 2-core CPU with no network, in about ten minutes: builds (once, cached
 workdir) a toy policy, a tiny Llama with its own small tokenizer warm-started on
 project-generated BARC-style programs for whole-grid transformations, then runs GRPO on the
 real ARC-AGI-1 training tasks such programs solve, and ends with the solve rate before vs
-after RL and a plot of reward per step (workdir/reward_per_step.png).
+after RL and a plot of reward per step (workdir/demo/reward_per_step.png); its last line
+names the files it wrote.
 
 `--config=configs/demo.py:smoke` is a shortened run for tests.
 """

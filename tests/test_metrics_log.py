@@ -151,3 +151,20 @@ def test_progress_bar_shows_position_and_latest_reward():
     final = out.getvalue().split("\r")[-1]
     assert "10/10" in final
     assert "reward=0.75" in final and "solved=0.125" in final and "kl" not in final
+
+
+def test_the_run_report_prints_the_table_and_names_its_files(tmp_path, capsys):
+    from arc_jax.train import report
+
+    with MetricsLogger(str(tmp_path), tensorboard=False) as logger:
+        for step in (1, 2):
+            logger.log(step, {"reward/mean": 1.0 * step, "reward/min": 0.0, "reward/max": 2.0,
+                              "solved_ratio": 0.5})
+    rates = {"sample_solve_rate": 0.25, "tasks_solved": 0.5, "valid_code_ratio": 1.0,
+             "samples_per_task": 8, "per_task": {"a": 0.25, "b": 0.25}}
+    report.write_summary(tmp_path, rates, rates)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "solved samples" in lines[1] and "25.0%" in lines[1]
+    assert lines[-1] == (f"wrote {tmp_path / 'metrics.jsonl'}, {tmp_path / 'reward_per_step.png'}, "
+                         f"{tmp_path / 'checkpoints'}, {tmp_path / 'summary.json'}")
+    assert (tmp_path / "reward_per_step.png").read_bytes()[:4] == b"\x89PNG"

@@ -23,11 +23,9 @@ def field_help() -> str:
     import re
 
     defaults = default_config()
-    lines, pending = [], ""
+    lines = []
     for line in inspect.getsource(default_config).splitlines():
         stripped = line.strip()
-        if stripped.startswith("#") and not lines:
-            continue
         match = re.match(r"config\.([\w.]+) = .*?(?:#\s*(.*))?$", stripped)
         if not match or isinstance(_lookup(defaults, match.group(1)), ml_collections.ConfigDict):
             continue

@@ -99,7 +99,6 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
     that grows with the pool means the decoding loop copies the pool."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     from arc_jax.model import Llama, LlamaConfig, Numerics

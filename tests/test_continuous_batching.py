@@ -2,8 +2,6 @@
 index), whatever the slot layout, the page supply or the other requests; the paged attention
 computes the dense attention."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +11,7 @@ import transformers
 
 from arc_jax.model import Numerics, from_pretrained
 from arc_jax.model.llama import shared_prefix_scores
-from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
+from arc_jax.rollout import JaxSampler, PromptBuckets, SamplerConfig, SamplingParams
 from arc_jax.rollout import attention
 
 VOCAB = 61
@@ -25,13 +23,13 @@ PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tmp_path_factory):
     config = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
         bos_token_id=1, eos_token_id=2)
     torch.manual_seed(1)
-    path = f"/tmp/arc_jax_test_cb_{id(config)}"
+    path = tmp_path_factory.mktemp("tiny_llama")
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     return from_pretrained(path, dtype=np.float32, numerics=Numerics(precision="highest"))
 
@@ -50,8 +48,6 @@ def run(model, n=5, params=None, **config):
 
 
 def _buckets():
-    from arc_jax.rollout import PromptBuckets
-
     return PromptBuckets(minimum=8, bits=1)
 
 

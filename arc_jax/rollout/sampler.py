@@ -127,10 +127,6 @@ def bucket_length(length: int, minimum: int, bits: int) -> int:
     return -(-length // step) * step
 
 
-def next_power_of_two(x: int) -> int:
-    return 1 << (x - 1).bit_length()
-
-
 @functools.partial(jax.jit, static_argnums=3)
 def _merged_kernel(kernel, a, b, scaling):
     return merge_lora(kernel, a, b, scaling).astype(kernel.dtype)

@@ -55,10 +55,12 @@ def test_flood_fill_whole_30x30_canvas():
     assert int((g == 3).sum()) == 900
 
 
-def test_flood_fill_terminates_when_colour_casts_to_the_old_one():
+def test_flood_fill_fails_like_upstream_when_colour_casts_to_the_old_one():
+    # 3.7 is stored as 3 in an int grid, so upstream's recursion never sees the new colour
+    # and ends in RecursionError; this one raises the same error instead of looping.
     g = np.full((2, 2), 3)
-    common.flood_fill(g, 0, 0, 3.7)  # 3.7 is stored as 3 in an int grid
-    np.testing.assert_array_equal(g, [[3, 3], [3, 3]])
+    with pytest.raises(RecursionError):
+        common.flood_fill(g, 0, 0, 3.7)
 
 
 def test_flood_fill_rejects_other_connectivity():

@@ -129,16 +129,50 @@ def test_detect_objects_overlap_tie_rule_measured_example():
 # --- 3. flood_fill from a negative index ------------------------------------
 
 
-@pytest.mark.parametrize("start, same_as", [((-1, 0), (2, 0)), ((-1, -1), (2, 3))])
-def test_flood_fill_negative_start_wraps_like_numpy(start, same_as):
-    g = grid([[0, 0, 5, 0],
-              [5, 5, 5, 0],
-              [0, 0, 5, 0]])
-    wrapped, direct = g.copy(), g.copy()
-    common.flood_fill(wrapped, *start, 3)
-    common.flood_fill(direct, *same_as, 3)
-    np.testing.assert_array_equal(wrapped, direct)
-    assert not np.array_equal(wrapped, g)
+def reference_flood_fill(grid, x, y, color, connectivity=4):
+    """BARC's recursive flood fill as `barc_dsl.md` describes it: raw coordinates, guards on
+    the raw coordinates, neighbours in a fixed order (written here, not taken from common)."""
+    old = grid[x, y]
+    h, w = grid.shape
+
+    def visit(x, y):
+        if grid[x, y] != old or grid[x, y] == color:
+            return
+        grid[x, y] = color
+        steps = [(x - 1, y, x > 0), (x + 1, y, x < h - 1), (x, y - 1, y > 0), (x, y + 1, y < w - 1)]
+        if connectivity == 8:
+            steps += [(x - 1, y - 1, x > 0 and y > 0), (x - 1, y + 1, x > 0 and y < w - 1),
+                      (x + 1, y - 1, x < h - 1 and y > 0), (x + 1, y + 1, x < h - 1 and y < w - 1)]
+        for a, b, allowed in steps:
+            if allowed:
+                visit(a, b)
+
+    if old != color:
+        visit(x, y)
+
+
+def test_flood_fill_from_a_negative_start_is_upstreams():
+    g = grid([[0, 0, 1]])
+    common.flood_fill(g, -1, -2, 5)
+    np.testing.assert_array_equal(g, [[0, 5, 1]])  # only the start cell, as upstream
+
+
+def test_flood_fill_agrees_with_the_recursive_reference_on_random_grids():
+    rng = np.random.default_rng(24)
+    differ = 0
+    for _ in range(400):
+        h, w = rng.integers(1, 7, 2)
+        g = rng.integers(0, 3, (h, w))
+        x, y = int(rng.integers(-h, h)), int(rng.integers(-w, w))
+        color, connectivity = int(rng.integers(0, 4)), int(rng.choice([4, 8]))
+        ours, ref = g.copy(), g.copy()
+        common.flood_fill(ours, x, y, color, connectivity)
+        reference_flood_fill(ref, x, y, color, connectivity)
+        np.testing.assert_array_equal(ours, ref)
+        wrapped = g.copy()
+        common.flood_fill(wrapped, x % h, y % w, color, connectivity)
+        differ += not np.array_equal(wrapped, ref)
+    assert differ > 0  # negative starts do differ from starting at the wrapped cell
 
 
 # --- 4. blitting a view of the target ---------------------------------------
@@ -210,3 +244,53 @@ def test_symmetry_apply_keeps_numpy_float32_unrounded():
         assert all(isinstance(v, np.floating) and not isinstance(v, float) for v in result)
     # Python floats are still rounded.
     assert common.TranslationalSymmetry(1, 0).apply(0.25, 2.0) == (1, 2)
+
+
+# --- detect_objects: colors in the window scan ------------------------------
+
+
+def test_an_empty_colors_list_keeps_no_scanned_window():
+    assert common.detect_objects(grid([[1, 1]]), allowed_dimensions=[(1, 2)], colors=[]) == []
+
+
+def test_colors_as_a_numpy_array_work_in_the_window_scan():
+    g = grid([[1, 1, 0], [0, 2, 2]])
+    found = common.detect_objects(g, allowed_dimensions=[(1, 2)], colors=np.array([1, 3]),
+                                  can_overlap=True)
+    # Windows [1, 1] and [1, 0] (background allowed); none with a 2.
+    assert [np.argwhere(o != 0).tolist() for o in found] == [[[0, 0], [0, 1]], [[0, 1]]]
+
+
+def reference_windows(g, dims, colors, background=0):
+    """Step 2 of `barc_dsl.md`'s detect_objects with no components: the kept windows, each
+    as (i, j, n, m), in scan order (written here from the description)."""
+    kept = []
+    for n, m in dims:
+        for i in range(g.shape[0] - n + 1):
+            for j in range(g.shape[1] - m + 1):
+                window = g[i:i + n, j:j + m]
+                if not (window != background).any():
+                    continue
+                if colors is not None and not all(int(v) == background or v in colors
+                                                  for v in window.flat):
+                    continue
+                kept.append((i, j, n, m))
+    return kept
+
+
+def test_window_scan_agrees_with_the_reference_on_random_grids():
+    rng = np.random.default_rng(7)
+    choices = [None, [], [1], [1, 2], np.array([2]), np.array([1, 3])]
+    for _ in range(300):
+        g = rng.integers(0, 4, tuple(rng.integers(1, 5, 2)))
+        dims = [tuple(int(v) for v in rng.integers(1, 3, 2))]
+        colors = choices[rng.integers(len(choices))]
+        found = common.detect_objects(g, allowed_dimensions=dims, colors=colors, can_overlap=True)
+        expected = []
+        for i, j, n, m in reference_windows(g, dims, colors):
+            obj = np.zeros_like(g)
+            obj[i:i + n, j:j + m] = g[i:i + n, j:j + m]
+            expected.append(obj)
+        assert len(found) == len(expected)
+        for a, b in zip(found, expected):
+            np.testing.assert_array_equal(a, b)

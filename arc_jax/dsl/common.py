@@ -136,24 +136,48 @@ def _cast_coordinate(value):
 
 
 def flood_fill(grid, x, y, color, connectivity=4):
-    """Recolour, in place, the region of `grid[x, y]`'s colour that contains (x, y)."""
+    """Recolour, in place, the region of `grid[x, y]`'s colour that contains (x, y).
+
+    As BARC's recursive version: a depth-first walk in raw coordinates, so that a negative
+    (wrapped) start gives upstream's result too (the walk and its order are in
+    `_flood_steps`); iterative here, so a 30x30 region needs no deep recursion.
+    """
     assert connectivity in [4, 8], "flood_fill: Connectivity must be 4 or 8."
     old = grid[x, y]  # raises IndexError off the canvas; negative indices wrap
-    x, y = x % grid.shape[0], y % grid.shape[1]  # so start from the cell numpy read
     if old == color:
         return None
-    offsets = _offsets(connectivity, centre=False)
-    # `seen` guarantees termination even if `color` casts to `old` in grid's dtype.
-    seen = np.zeros(grid.shape, dtype=bool)
-    stack = [(x, y)]
-    while stack:
-        cx, cy = stack.pop()
-        if not _in_canvas(grid.shape, cx, cy) or seen[cx, cy] or grid[cx, cy] != old:
-            continue
-        seen[cx, cy] = True
+    height, width = grid.shape
+    seen = set()  # a cell set twice can only mean `color` stored as `old` (see below)
+
+    def enter(cx, cy):
+        value = grid[cx, cy]
+        if value != old or value == color:
+            return False
+        cell = (cx % height, cy % width)
+        if cell in seen:  # upstream recurses without end here; so does this, in effect
+            raise RecursionError("flood_fill: maximum recursion depth exceeded")
+        seen.add(cell)
         grid[cx, cy] = color
-        stack.extend((cx + dx, cy + dy) for dx, dy in offsets)
+        return True
+
+    stack = [_flood_steps(x, y, height, width, connectivity)] if enter(x, y) else []
+    while stack:
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+        elif enter(*step):
+            stack.append(_flood_steps(*step, height, width, connectivity))
     return None
+
+
+def _flood_steps(x, y, height, width, connectivity):
+    """The raw-coordinate neighbours BARC's flood fill visits from (x, y), in its order."""
+    up, down, left, right = x > 0, x < height - 1, y > 0, y < width - 1
+    steps = [(x - 1, y, up), (x + 1, y, down), (x, y - 1, left), (x, y + 1, right)]
+    if connectivity == 8:
+        steps += [(x - 1, y - 1, up and left), (x - 1, y + 1, up and right),
+                  (x + 1, y - 1, down and left), (x + 1, y + 1, down and right)]
+    return ((sx, sy) for sx, sy, allowed in steps if allowed)
 
 
 def draw_line(grid, x, y, end_x=None, end_y=None, length=None, direction=None,
@@ -309,16 +333,19 @@ def detect_objects(grid, _=None, predicate=None, background=Color.BLACK,
     Faithful to BARC rather than to its docstring: with `connectivity=None`
     no components are searched, and `allowed_dimensions` filters the
     components by their (canvas) shape before windows are scanned. As in
-    BARC, `colors` and `allowed_dimensions` are tested for truth, so an
-    empty list means the same as None.
+    BARC, `allowed_dimensions` and the components' `colors` filter are tested
+    for truth (an empty list filters nothing), while scanned windows are kept
+    only if `colors is None` or their pixels are in `colors` (so `colors=[]`
+    keeps no window).
     """
     def colors_ok(pixels):
-        return not colors or np.all(_is_any_of(pixels, colors) | (pixels == background))
+        return np.all(_is_any_of(pixels, colors) | (pixels == background))
 
     objects = []
     if connectivity:
         objects = find_connected_components(grid, background, connectivity, monochromatic)
-        objects = [obj for obj in objects if colors_ok(obj)]
+        if colors:  # truthiness, as upstream: [] filters nothing, an array of 2+ raises
+            objects = [obj for obj in objects if colors_ok(obj)]
         if predicate is not None:
             objects = [obj for obj in objects if predicate(crop(obj, background))]
 
@@ -329,7 +356,9 @@ def detect_objects(grid, _=None, predicate=None, background=Color.BLACK,
             for i in range(grid.shape[0] - n + 1):
                 for j in range(grid.shape[1] - m + 1):
                     window = grid[i:i + n, j:j + m]
-                    if not (np.any(window != background) and colors_ok(window)):
+                    if not np.any(window != background):
+                        continue
+                    if colors is not None and not colors_ok(window):  # identity, as upstream
                         continue
                     if predicate is not None and not predicate(window):
                         continue

@@ -46,6 +46,11 @@ def pool():
         (((5,),), [[5]]),
         (np.array([[1.0, 2.0]]), [[1, 2]]),
         (np.zeros((30, 30), dtype=np.uint8), [[0] * 30] * 30),
+        # What the reference's np.array(x, dtype=int) accepts too:
+        (np.array([[True, False]]), [[1, 0]]),
+        (np.array([[1, np.int64(2)], [True, 3.0]], dtype=object), [[1, 2], [1, 3]]),
+        ([[np.uint8(4), False], [2.0, np.float32(5)]], [[4, 0], [2, 5]]),
+        ([np.array([1, 2]), np.array([3.0, 4.0])], [[1, 2], [3, 4]]),
     ],
 )
 def test_validate_output_accepts_grids(value, expected):
@@ -63,7 +68,6 @@ def test_validate_output_accepts_grids(value, expected):
         ("12", "str"),
         (np.array([[0.5, 1.0]]), "non-integer"),
         (np.array([[np.nan]]), "non-integer"),
-        (np.array([[True, False]]), "boolean"),
         (np.zeros((2, 2, 2), dtype=int), "2 dimensions"),
         (np.zeros((3,), dtype=int), "2 dimensions"),
         ([[1, 2], [3]], "different lengths"),
@@ -74,8 +78,15 @@ def test_validate_output_accepts_grids(value, expected):
         ([[0] * 31], "31 cells"),
         (np.array([[10]]), "0-9"),
         (np.array([[-1]]), "0-9"),
-        (np.array([[None]]), "dtype object"),
-        ([[1, None]], "dtype object"),
+        (np.array([[None]]), "cell 0 is a NoneType"),
+        ([[1, None]], "row 0, cell 1 is a NoneType"),
+        (np.array([["1"]], dtype=object), "cell 0 is a str"),
+        (np.array([[1.5]], dtype=object), "non-integer"),
+        ([[1.0, float("nan")]], "non-integer"),
+        (np.array([[10**30]], dtype=object), "0-9"),
+        (np.array([["1", "2"]]), "dtype <U1"),
+        (np.array([[1 + 0j]]), "dtype complex128"),
+        (np.ma.array([[1, 2]]), "MaskedArray"),
     ],
 )
 def test_validate_output_rejects_non_grids(value, reason):
@@ -339,3 +350,47 @@ def test_close_answers_every_submitted_job_then_refuses_more():
         np.testing.assert_array_equal(future.result().outputs[0], np.full((2, 3), i))
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit("def transform(grid):\n    return grid\n", [GRID])
+
+
+class _Liar:
+    """A cell that answers every question the way a grader might ask it."""
+
+    def __eq__(self, other):
+        return True
+
+    def __index__(self):
+        return 3
+
+    def __int__(self):
+        return 3
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(3)
+
+
+class _Int(int):
+    def __eq__(self, other):
+        return True
+
+
+@pytest.mark.parametrize("cell", [_Liar(), _Int(3), np.array([[3]])])
+def test_validate_output_refuses_cells_with_their_own_value_tricks(cell):
+    for grid in ([[cell]], np.array([[None]], dtype=object)):
+        if isinstance(grid, np.ndarray):
+            grid[0, 0] = cell
+        with pytest.raises(InvalidOutputError, match=r"cell 0 is a (_Liar|_Int|ndarray)"):
+            validate_output(grid)
+
+
+def test_an_object_grid_program_is_graded_as_the_reference_grades_it(pool):
+    # Builds its answer in an object array, as some BARC programs do; the reference grades it
+    # with np.array(x, dtype=int) and so does the pool, in the program's own process.
+    code = ("import numpy as np\n"
+            "def transform(grid):\n"
+            "    out = np.zeros(grid.shape, dtype=object)\n"
+            "    out[:, :] = grid[::-1]\n"
+            "    return out\n")
+    grid = np.array([[1, 2], [3, 4]])
+    result = pool.submit(code, [grid]).result()
+    assert result.error_type is None, result.error_message
+    np.testing.assert_array_equal(result.outputs[0], grid[::-1])

@@ -110,8 +110,9 @@ results = {}
 for task_id, job in jobs.items():
     namespace = {}
     exec(job["program"], namespace)
-    results[task_id] = [
-        np.asarray(namespace["transform"](np.array(grid))).tolist() for grid in job["inputs"]]
+    results[task_id] = [  # graded as the reference grades: np.array(output, dtype=int)
+        np.array(namespace["transform"](np.array(grid)), dtype=int).tolist()
+        for grid in job["inputs"]]
 print(json.dumps(results))
 """
 
@@ -137,3 +138,34 @@ def test_program_solves_every_pair_of_its_task(runs, task_id):
     predicted, expected = runs[task_id]
     assert len(predicted) == len(expected) >= 3
     assert predicted == expected
+
+
+# An object-array answer (as some BARC programs build theirs): right for the reference.
+PROGRAMS_OBJECT_OUTPUT = {
+    "a416b8f3": """
+from common import *
+
+import numpy as np
+
+def transform(input_grid):
+    out = np.zeros((input_grid.shape[0], 2 * input_grid.shape[1]), dtype=object)
+    out[:, :input_grid.shape[1]] = input_grid
+    out[:, input_grid.shape[1]:] = input_grid
+    return out
+""",
+}
+
+
+def test_the_sandboxed_pool_grades_every_program_as_direct_execution(runs):
+    """Each program's outputs through the pool (sandboxed, converted in the program's
+    process) equal those of the plain run above, graded with np.array(x, dtype=int)."""
+    from arc_jax.execution import ExecutionConfig, ExecutionPool
+
+    tasks = load_tasks("arc-agi-1/training")
+    with ExecutionPool(ExecutionConfig(num_workers=2)) as pool:
+        for programs in (PROGRAMS, PROGRAMS_OBJECT_OUTPUT):
+            for task_id, program in programs.items():
+                pairs = tasks[task_id].train + tasks[task_id].test
+                result = pool.submit(program, [pair.input for pair in pairs]).result()
+                assert result.error_type is None, (task_id, result.error_message)
+                assert [o.tolist() for o in result.outputs] == runs[task_id][0], task_id

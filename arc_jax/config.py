@@ -154,7 +154,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.sampler.page_size = 32  # tokens per page of the completion cache
     config.sampler.segment_steps = 64  # most decoding steps between two visits of the host
     config.sampler.attention = "auto"  # own-key attention: "pallas" (GPU), "xla", or "auto"
-    config.sampler.memory_fraction = 0.9  # share of the free device memory the sampler plans on
+    config.sampler.memory_fraction = 0.8  # share of the free device memory the sampler plans on
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
 
     # Rewards and program execution.

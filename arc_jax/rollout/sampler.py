@@ -102,7 +102,7 @@ class SamplerConfig:
     segment_steps: int = 64
     attention: str = "auto"
     buckets: PromptBuckets = PromptBuckets()
-    memory_fraction: float = 0.9
+    memory_fraction: float = 0.8
     memory_bytes: int | None = None
     seed: int = 0
     merge_lora: bool = True

@@ -186,6 +186,21 @@ def test_update_weights_changes_outputs_without_recompiling(checkpoint):
         sampler.update_weights(wrong)
 
 
+def test_fresh_adapters_decode_on_the_base_kernels_and_say_what_they_defer(checkpoint):
+    path, _ = checkpoint
+    lora = LoraConfig(rank=4, alpha=8.0)
+    model = load(path, lora=lora)
+    sampler = JaxSampler(model)
+    # 2 layers x (q, k, v, o: 64 x 64, 64 x 32 twice, 64 x 64; gate, up: 64 x 128; down:
+    # 128 x 64) float32 kernels: the merged copy the first update will make.
+    kernel_floats = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)
+    assert sampler.deferred_bytes == 4 * kernel_floats
+    state = jax.tree.map(lambda x: x + 0.1, nnx.state(model, LoraParam))
+    sampler.update_weights(state)
+    assert sampler.deferred_bytes == 0
+    assert JaxSampler(model, config=SamplerConfig(merge_lora=False)).deferred_bytes == 0
+
+
 def test_merged_weights_sample_what_the_adapters_compute(checkpoint):
     # The default sampler decodes with W + s * A B merged into the kernels; the unmerged one
     # runs the adapters. Both must give the same greedy tokens and log-probs (float32 here).

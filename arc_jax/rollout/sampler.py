@@ -132,6 +132,13 @@ def _merged_kernel(kernel, a, b, scaling):
     return merge_lora(kernel, a, b, scaling).astype(kernel.dtype)
 
 
+def fresh_adapters(lora: nnx.State) -> bool:
+    """Every LoRA B is zero: the adapters change nothing (the base model)."""
+    return not any(bool(jax.numpy.any(x != 0)) for path, x in
+                   jax.tree_util.tree_flatten_with_path(lora)[0]
+                   if "lora_b" in jax.tree_util.keystr(path))
+
+
 def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float) -> nnx.State:
     """A copy of `base` in which each adapted kernel is W + s * A B (in the kernel's dtype and
     placement); the other arrays are shared, not copied, and `base` is left as it was. Run
@@ -139,7 +146,7 @@ def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float) -> nnx.Stat
     evaluated first) that is `base` itself, and no memory is spent on a copy."""
     key = jax.tree_util.keystr
     adapters = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lora)[0]}
-    fresh = not any(bool(jax.numpy.any(x != 0)) for name, x in adapters.items() if "lora_b" in name)
+    fresh = fresh_adapters(lora)
 
     def merged(path, kernel):
         a, b = (adapters.get(key(path).replace("['kernel']", f"['{name}']"))
@@ -191,6 +198,7 @@ class JaxSampler:
         self._merge = config.merge_lora and model.lora is not None
         self._scaling = model.lora.scaling if self._merge else 0.0
         self._merged = merge_adapters(self._lora, self._base, self._scaling) if self._merge else None
+        self._shares_base = self._merge and fresh_adapters(self._lora)
         self._seeds = np.random.default_rng(config.seed)
         self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames="adapters",
                                 donate_argnums=3)
@@ -243,6 +251,20 @@ class JaxSampler:
         if self._merge:
             self._merged = None  # free the old copy before making the new one
             self._merged = merge_adapters(self._lora, self._base, self._scaling)
+            self._shares_base = fresh_adapters(self._lora)
+
+    @property
+    def deferred_bytes(self) -> int:
+        """Device memory the sampler does not hold now but will at the next `update_weights`
+        with trained adapters: the merged copy of the adapted kernels, skipped while it decodes
+        fresh adapters on the base kernels. A memory check made now must leave it free."""
+        if not self._shares_base:
+            return 0
+        adapted = {jax.tree_util.keystr(path).replace("['lora_a']", "['kernel']")
+                   for path, _ in jax.tree_util.tree_flatten_with_path(self._lora)[0]
+                   if "lora_a" in jax.tree_util.keystr(path)}
+        return sum(x.nbytes for path, x in jax.tree_util.tree_flatten_with_path(self._base)[0]
+                   if jax.tree_util.keystr(path) in adapted)
 
     # ------------------------------------------------------------------ planning
 

@@ -271,11 +271,12 @@ class _Trainer:
                            temperature=self.config.temperature)
 
     def _check_update_memory(self) -> None:
-        """Refuses, before anything compiles, an update whose largest batch will not fit."""
+        """Refuses, before anything compiles, an update whose largest batch will not fit (with
+        the memory the sampler will take after the first update already taken)."""
         plan = self.updater.memory_plan(self.plan.prompts_per_step, self.buckets.largest,
                                         self.plan.num_generations,
                                         self.config.max_completion_length)
-        check_update_fits(plan, free_device_bytes())
+        check_update_fits(plan, free_device_bytes() - getattr(self.sampler, "deferred_bytes", 0))
 
     # --- checkpoints
 

@@ -318,7 +318,10 @@ class _Run:
         penalised = sampling.repetition_penalty != 1.0
         self.p, self.r = plan.prompts, plan.rows_per_prompt
         self.b = plan.rows
-        self.prompt_len = sampler.config.buckets(min(map(len, prompts)))
+        # The slots start at the bucket of the longest prompt they take first (all of them, when
+        # the call has no more prompts than slots: then the call compiles for one length).
+        first = sorted(map(len, prompts))[:self.p]
+        self.prompt_len = sampler.config.buckets(max(first))
         model = nnx.merge(*sampler._weights)
         self.cache = SlotCache.empty(model, self.p, self.prompt_len, penalised)
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)

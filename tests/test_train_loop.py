@@ -19,7 +19,7 @@ import pytest
 
 from arc_jax.train.metrics_log import read_metrics
 
-pytestmark = pytest.mark.slow  # trains the demo (about 12 minutes on two cores)
+pytestmark = pytest.mark.slow  # trains the demo (minutes per test on two cores)
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Wall-clock figures differ between any two runs, and so do compilations (a resumed process

@@ -139,14 +139,14 @@ def fresh_adapters(lora: nnx.State) -> bool:
                    if "lora_b" in jax.tree_util.keystr(path))
 
 
-def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float) -> nnx.State:
+def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float, fresh: bool) -> nnx.State:
     """A copy of `base` in which each adapted kernel is W + s * A B (in the kernel's dtype and
     placement); the other arrays are shared, not copied, and `base` is left as it was. Run
-    the result with adapters=False. While every B is zero (fresh adapters: the base model, as
-    evaluated first) that is `base` itself, and no memory is spent on a copy."""
+    the result with adapters=False. With `fresh` adapters (`fresh_adapters`: every B is zero,
+    the base model, as evaluated first) that is `base` itself, and no memory is spent on a
+    copy."""
     key = jax.tree_util.keystr
     adapters = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lora)[0]}
-    fresh = fresh_adapters(lora)
 
     def merged(path, kernel):
         a, b = (adapters.get(key(path).replace("['kernel']", f"['{name}']"))
@@ -197,8 +197,9 @@ class JaxSampler:
         self._lora = jax.tree.map(lambda x: jax.device_put(x, x.sharding), lora)
         self._merge = config.merge_lora and model.lora is not None
         self._scaling = model.lora.scaling if self._merge else 0.0
-        self._merged = merge_adapters(self._lora, self._base, self._scaling) if self._merge else None
         self._shares_base = self._merge and fresh_adapters(self._lora)
+        self._merged = (merge_adapters(self._lora, self._base, self._scaling, self._shares_base)
+                        if self._merge else None)
         self._seeds = np.random.default_rng(config.seed)
         self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames="adapters",
                                 donate_argnums=3)
@@ -250,8 +251,9 @@ class JaxSampler:
         self._lora = jax.tree_util.tree_unflatten(old_tree, placed)
         if self._merge:
             self._merged = None  # free the old copy before making the new one
-            self._merged = merge_adapters(self._lora, self._base, self._scaling)
             self._shares_base = fresh_adapters(self._lora)
+            self._merged = merge_adapters(self._lora, self._base, self._scaling,
+                                          self._shares_base)
 
     @property
     def deferred_bytes(self) -> int:

@@ -13,6 +13,7 @@ import numbers
 
 import ml_collections
 
+from arc_jax.execution import ExecutionMemoryError, check_machine_memory
 from arc_jax.rollout.vllm import VLLM_LORA_RANKS
 
 
@@ -160,7 +161,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Rewards and program execution.
     config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score" or "arc-v0"
     config.execution = ml_collections.ConfigDict()
-    config.execution.timeout_s = 1.0
+    config.execution.timeout_s = 1.0  # CPU seconds per program, all inputs (the reference: 1 s per task)
+    config.execution.wall_timeout_s = 0.0  # wall-clock backstop (sleeping programs); 0: 5 x timeout_s
     config.execution.memory_limit_mb = 4096
     config.execution.num_workers = 0  # 0: one per CPU core
     config.execution.common_path = ""  # "": the project's DSL; else an upstream common.py
@@ -308,10 +310,14 @@ _RULES = (
      and c.eval.rounds >= 1 and v % c.eval.rounds == 0, "a positive multiple of eval.rounds"),
     ("eval.step", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("eval.num_pictures", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
-    ("execution.timeout_s", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
-    ("execution.memory_limit_mb", lambda v, c: _integer(v) and v >= 64, "an integer >= 64"),
-    ("execution.num_workers", lambda v, c: _integer(v) and v >= 0,
-     "an integer >= 0 (0: one per core)"),
+    ("execution.timeout_s", lambda v, c: _number(v) and 0 < v <= 3600, "a number of seconds in (0, 3600]"),
+    ("execution.wall_timeout_s", lambda v, c: _number(v) and (v == 0 or (
+        _number(c.execution.timeout_s) and c.execution.timeout_s <= v <= 36000)),
+     "0 (5 x timeout_s) or a number of seconds from execution.timeout_s to 36000"),
+    ("execution.memory_limit_mb", lambda v, c: _integer(v) and 64 <= v <= 2**22,
+     "an integer from 64 to 4194304"),
+    ("execution.num_workers", lambda v, c: _integer(v) and 0 <= v <= 4096,
+     "an integer from 0 (one per core) to 4096"),
     ("logging_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("save_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("max_to_keep", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
@@ -332,6 +338,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not check(value, config):
             raise ConfigError(f"config.{field}={value!r}: expected {expected}")
     _validate_loss(config)
+    if "execution" in config:
+        try:
+            check_machine_memory(config.execution.num_workers, config.execution.memory_limit_mb)
+        except ExecutionMemoryError as e:
+            raise ConfigError(f"config.{e}") from None
 
 
 def _validate_loss(config: ml_collections.ConfigDict) -> None:

@@ -184,6 +184,7 @@ def load_policy(config: ml_collections.ConfigDict, model_path: str,
 def execution_config(config: ml_collections.ConfigDict) -> ExecutionConfig:
     return ExecutionConfig(num_workers=config.execution.num_workers,
                            timeout_s=config.execution.timeout_s,
+                           wall_timeout_s=config.execution.get("wall_timeout_s") or None,
                            memory_limit_mb=config.execution.memory_limit_mb,
                            common_path=config.execution.common_path or None)
 

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
@@ -207,9 +208,10 @@ def test_a_programs_process_has_no_privileges(pool):
     future.result()
     assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
     assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
-    if os.geteuid() == 0:
-        assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
-        assert status["Groups"].strip() == ""
+    if os.geteuid() == 0:  # a uid of its pool slot's own, nobody's group
+        uid = int(status["Uid"].split()[0])
+        assert status["Uid"].split() == [str(uid)] * 4 and uid >= 2_000_000
+        assert status["Gid"].split() == ["65534"] * 4 and status["Groups"].strip() == ""
 
 
 def test_the_trainer_becomes_non_dumpable(pool):
@@ -241,16 +243,18 @@ def test_no_message_between_pool_and_worker_is_unpickled(tmp_path):
     _Payload.path = str(tmp_path / "pwned")
     evil = pickle.dumps(_Payload())
     worker = pathlib.Path(protocol.__file__).with_name("worker.py")
-    process = subprocess.Popen([sys.executable, str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    protocol.write_message(process.stdin.fileno(), protocol.SETUP, evil)
-    reply = protocol.read_message(process.stdout.fileno(), time.monotonic() + 60)
-    process.stdin.close()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = subprocess.Popen([sys.executable, str(worker), str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+    theirs.close()
+    protocol.send_packet(ours, protocol.SETUP, evil)
+    reply = protocol.receive_packet(ours, time.monotonic() + 60)
+    ours.close()
     process.wait(timeout=60)
     assert reply[0] == protocol.FAILED and b"bad setup message" in reply[1]
     assert not os.path.exists(_Payload.path)
     # And the pool side: a forged reply of pickle bytes is a typed error, never code.
     with pytest.raises(protocol.MalformedMessage):
-        protocol.decode_result(evil, 30)
+        protocol.decode_ended(evil)
     assert not os.path.exists(_Payload.path)
 
 
@@ -260,13 +264,25 @@ def test_malformed_messages_are_typed_errors(cut):
     assert protocol.decode_job(job)[0] == 7
     with pytest.raises(protocol.MalformedMessage):
         protocol.decode_job(job[:cut])
-    result = protocol.encode_result(7, (GRID.astype(np.uint8),), protocol.NO_ERROR, "", "out", 0.1)
-    assert protocol.decode_result(result, 30)[4] == "out"
+    ended = protocol.encode_ended(7, protocol.EXITED, 0, 0.01, 0.02, "")
+    assert protocol.decode_ended(ended)[:3] == (7, protocol.EXITED, 0)
     with pytest.raises(protocol.MalformedMessage):
-        protocol.decode_result(result[:cut] if cut != -1 else result + b"\0", 30)
+        protocol.decode_ended(ended[:cut] if cut != -1 else ended + b"\0")
 
 
-def test_a_forged_grid_value_in_a_reply_is_refused():
-    forged = protocol.encode_result(7, (np.full((2, 2), 10, np.uint8),), protocol.NO_ERROR, "", "", 0.1)
-    with pytest.raises(protocol.MalformedMessage, match="above 9"):
-        protocol.decode_result(forged, 30)
+def test_forged_frames_from_a_program_are_refused(pool):
+    forged = {  # each written straight to the program's socket, then it returns normally
+        "a grid value above 9": "protocol_frame(0, 0, 0, 1, 1, bytes([10]))",
+        "an input index out of range": "protocol_frame(0, 0, 5, 1, 1, bytes([1]))",
+        "an unknown error code": "protocol_frame(1, 200, 0, 0, 0, b'x')",
+        "a frame after the last one": "protocol_frame(4, 0, 0, 0, 0, b'') + protocol_frame(3, 0, 0, 0, 0, b'x')",
+        "an endless stream": "protocol_frame(3, 0, 0, 0, 0, b'x' * 1000) * 10**4",
+    }
+    head = ("import os, struct\n"
+            "def protocol_frame(kind, code, index, rows, cols, payload):\n"
+            "    return struct.pack('<BBHHHI', kind, code, index, rows, cols, len(payload)) + payload\n")
+    codes = [head + f"def transform(grid):\n    os.write(3, {frames})\n    return grid\n"
+             for frames in forged.values()]
+    for name, result in zip(forged, pool.run([(code, [GRID]) for code in codes])):
+        assert result.error_type == ErrorType.CRASH and "not a result" in result.error_message, (name, result)
+        assert result.outputs == (None,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -13,7 +14,7 @@ class ErrorType:
     SYNTAX = "SyntaxError"  # the code does not compile
     NO_ENTRY_POINT = "MissingEntryPoint"  # neither the entry point nor `main` is a function
     EXCEPTION = "Exception"  # an exception escaped; the message starts with its class name
-    TIMEOUT = "Timeout"  # wall-clock (or CPU) limit reached; the process was killed
+    TIMEOUT = "Timeout"  # CPU-time (or the wall-clock backstop) limit reached; the process was killed
     MEMORY = "MemoryError"  # the address-space limit was reached
     CRASH = "Crash"  # the process was killed by a signal (e.g. a segfault) or vanished
     EXIT = "Exit"  # sys.exit, os._exit or exit()
@@ -25,7 +26,8 @@ class ErrorType:
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
     num_workers: int = 0  # 0 = os.cpu_count()
-    timeout_s: float = 1.0  # wall clock per program, all its inputs together; the child is killed
+    timeout_s: float = 1.0  # CPU time per program (all threads, all inputs together); then it is killed
+    wall_timeout_s: float | None = None  # wall clock per program (it sleeps or blocks); None = 5 x timeout_s
     memory_limit_mb: int = 4096  # RLIMIT_AS of the program's process
     entry_point: str = "transform"  # with "main" as fallback when absent
     common_path: str | None = None  # None = arc_jax's DSL (arc_jax/dsl/common.py); else a common.py file
@@ -33,9 +35,12 @@ class ExecutionConfig:
     max_output_chars: int = 10_000  # captured stdout/stderr (and error messages) truncated to this
 
     def __post_init__(self):
+        if self.wall_timeout_s is None:
+            object.__setattr__(self, "wall_timeout_s", 5.0 * self.timeout_s)
         checks = {
             "num_workers": self.num_workers >= 0,
-            "timeout_s": self.timeout_s > 0,
+            "timeout_s": 0 < self.timeout_s <= 3600,
+            "wall_timeout_s": self.timeout_s <= self.wall_timeout_s <= 36000,
             "memory_limit_mb": self.memory_limit_mb > 0,
             "entry_point": self.entry_point.isidentifier(),
             "max_grid_side": 1 <= self.max_grid_side <= 65535,
@@ -53,3 +58,33 @@ class ExecutionResult:
     error_message: str  # "" when error_type is None
     stdout: str  # stdout and stderr together, truncated; "" when the process was killed
     duration_s: float  # from the fork of the program's process to its end
+
+
+class ExecutionMemoryError(ValueError):
+    """The workers' memory limits together exceed what this machine has."""
+
+
+def machine_memory_bytes() -> int:
+    """This machine's memory: MemTotal, or the memory limit of this process's cgroup where lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_machine_memory(num_workers: int, memory_limit_mb: int) -> None:
+    """Raises ExecutionMemoryError when `num_workers` programs at `memory_limit_mb` each could
+    need more memory than the machine has (num_workers 0: one per core)."""
+    workers = num_workers or os.cpu_count()
+    have = machine_memory_bytes()
+    if workers * memory_limit_mb * 2**20 > have:
+        raise ExecutionMemoryError(
+            f"execution.num_workers={num_workers} ({workers} workers) x execution.memory_limit_mb="
+            f"{memory_limit_mb} = {workers * memory_limit_mb / 1024:.1f} GiB: more than this machine's "
+            f"{have / 2**30:.1f} GiB of memory (expected a product that fits; lower one of them)")

@@ -4,19 +4,21 @@ No pickle crosses a process boundary: a pickle is code, and a program that reach
 could shape it. Every message is fixed binary framing, checked field by field before use;
 bytes that break the format raise `MalformedMessage` / `MalformedFrame`, never run.
 
-Pool <-> worker: messages of a 5-byte header (kind, payload length) and a payload:
+Pool <-> worker (a SOCK_SEQPACKET socket: one packet per message, a 5-byte header of kind
+and payload length, then the payload). A worker never sees a job's code, inputs or results:
   SETUP   pool -> worker, once: JSON {"common_path": str, "settings": {...}}
   READY   worker -> pool: u32 pid;  FAILED: UTF-8 text
-  JOB     pool -> worker: u64 job id, text code, u32 count, then per input grid:
-          u16 rows, u16 cols, rows*cols little-endian int64
-  RESULT  worker -> pool: u64 job id, f64 seconds, u8 error code (255 = none), u32 count,
-          per output: u8 present, and if present u16 rows, u16 cols, rows*cols bytes 0-9;
-          then text message, text stdout
-(text = u32 byte length + UTF-8). Error codes are indices into config.ErrorType.ALL.
+  RUN     pool -> worker: u64 job id, with one descriptor attached (SCM_RIGHTS): the
+          program's end of the job's socket. The worker forks the program's process on it.
+  ENDED   worker -> pool: u64 job id, u8 how it ended (EXITED, CPU_LIMIT, WALL_LIMIT,
+          NOT_STARTED), i32 wait status, f64 CPU seconds, f64 wall seconds, text message
 
-Program's process -> worker: fixed-size binary frames: a 12-byte header (kind, error code,
-input index, rows, cols, payload length) and a payload: a grid as rows*cols bytes, or UTF-8
-text. The worker checks every field before use.
+Pool <-> program's process (a stream socket made for that job alone):
+  JOB     pool -> program, the same header: u64 job id, text code, u32 count, then per
+          input grid: u16 rows, u16 cols, rows*cols little-endian int64
+  frames  program -> pool: a 12-byte header (kind, error code, input index, rows, cols,
+          payload length) and a payload: a grid as rows*cols bytes, or UTF-8 text.
+(text = u32 byte length + UTF-8). Error codes are indices into config.ErrorType.ALL.
 
 This module uses only the standard library and numpy: the worker imports it by file.
 """
@@ -26,26 +28,35 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import struct
 import time
 
 import numpy as np
 
-# ---------------------------------------------------------------- pool <-> worker
+# ---------------------------------------------------------------- pool <-> worker, pool -> program
 
-SETUP, READY, FAILED, JOB, RESULT = 1, 2, 3, 4, 5
+SETUP, READY, FAILED, RUN, ENDED, JOB = 1, 2, 3, 4, 5, 6
+# How a program's process ended (ENDED): by itself, or killed by the worker at a limit,
+# or never, because it could not be started.
+EXITED, CPU_LIMIT, WALL_LIMIT, NOT_STARTED = 0, 1, 2, 3
 # The settings a worker gets in SETUP, with their types (checked on arrival).
-SETTINGS = {"timeout_s": float, "memory_limit_mb": int, "entry_point": str, "max_grid_side": int,
-            "max_output_chars": int}
-NO_ERROR = 255
+SETTINGS = {"timeout_s": float, "wall_timeout_s": float, "memory_limit_mb": int, "entry_point": str,
+            "max_grid_side": int, "max_output_chars": int, "uid": int, "max_threads": int}
 MAX_MESSAGE_BYTES = 1 << 30
+MAX_PACKET_BYTES = 1 << 16
 _HEADER = struct.Struct("<BI")
-_U8, _U16, _U32, _U64, _F64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<Q", "<d"))
+_U8, _U16, _U32, _U64, _I32, _F64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<Q", "<i", "<d"))
 _GRID_SHAPE = struct.Struct("<HH")
 
 
 class MalformedMessage(ValueError):
     """Bytes between the pool and a worker that do not follow the message format."""
+
+
+def _check_header(kind: int, length: int) -> None:
+    if not SETUP <= kind <= JOB or length > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"bad message header kind={kind} length={length}")
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
@@ -66,14 +77,20 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
     return b"".join(chunks)
 
 
+def message(kind: int, payload: bytes) -> bytes:
+    """A message's bytes: header and payload."""
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
 def write_message(fd: int, kind: int, payload: bytes) -> None:
-    view = memoryview(_HEADER.pack(kind, len(payload)) + payload)
+    """A message on a stream."""
+    view = memoryview(message(kind, payload))
     while view:
         view = view[os.write(fd, view):]
 
 
 def read_message(fd: int, deadline: float | None = None) -> tuple[int, bytes] | None:
-    """The next (kind, payload) from fd, or None if the other end closed it.
+    """The next (kind, payload) from a stream fd, or None if the other end closed it.
 
     With a deadline (time.monotonic() value), raises TimeoutError when it passes.
     """
@@ -81,10 +98,43 @@ def read_message(fd: int, deadline: float | None = None) -> tuple[int, bytes] | 
     if header is None:
         return None
     kind, length = _HEADER.unpack(header)
-    if not SETUP <= kind <= RESULT or length > MAX_MESSAGE_BYTES:
-        raise MalformedMessage(f"bad message header kind={kind} length={length}")
+    _check_header(kind, length)
     payload = _read_exact(fd, length, deadline)
     return None if payload is None else (kind, payload)
+
+
+def send_packet(sock: socket.socket, kind: int, payload: bytes, fds: tuple[int, ...] = ()) -> None:
+    """One message as one packet on the pool <-> worker socket, with descriptors if any."""
+    data = message(kind, payload)
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+def receive_packet(sock: socket.socket, deadline: float | None = None) -> tuple[int, bytes, list[int]] | None:
+    """The next (kind, payload, descriptors) on the pool <-> worker socket; None once it
+    is closed; TimeoutError after `deadline`. Descriptors not asked for are closed."""
+    sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
+    try:
+        data, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET_BYTES, 1)
+    except socket.timeout:
+        raise TimeoutError("no message within the deadline") from None
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) < _HEADER.size:
+        for fd in fds:
+            os.close(fd)
+        raise MalformedMessage(f"a packet of {len(data)} bytes is cut or too short")
+    kind, length = _HEADER.unpack_from(data)
+    _check_header(kind, length)
+    if length != len(data) - _HEADER.size:
+        for fd in fds:
+            os.close(fd)
+        raise MalformedMessage(f"a packet says {length} bytes and holds {len(data) - _HEADER.size}")
+    return kind, data[_HEADER.size:], fds
 
 
 class _Writer:
@@ -173,37 +223,34 @@ def decode_job(payload: bytes, max_side: int = 65535) -> tuple[int, str, list[np
     return job_id, code, inputs
 
 
-def encode_result(job_id: int, outputs, error_code: int, message: str, stdout: str,
-                  duration_s: float) -> bytes:
-    out = _Writer().put(_U64, job_id).put(_F64, duration_s).put(_U8, error_code)
-    out.put(_U32, len(outputs))
-    for grid in outputs:
-        out.put(_U8, grid is not None)
-        if grid is not None:
-            out.put(_GRID_SHAPE, *grid.shape).parts.append(np.ascontiguousarray(grid, np.uint8).tobytes())
-    return out.text(message).text(stdout).bytes()
+def encode_ended(job_id: int, how: int, status: int, cpu_s: float, wall_s: float, message: str) -> bytes:
+    return (_Writer().put(_U64, job_id).put(_U8, how).put(_I32, status).put(_F64, cpu_s)
+            .put(_F64, wall_s).text(message).bytes())
 
 
-def decode_result(payload: bytes, max_side: int):
-    """(job id, outputs, error code, message, stdout, seconds); grids are uint8 0-9."""
-    read = _Reader(payload, "result")
-    job_id, duration, error_code, count = read.get(_U64), read.get(_F64), read.get(_U8), read.get(_U32)
-    outputs = []
-    for _ in range(count):
-        if read.get(_U8) == 0:
-            outputs.append(None)
-            continue
-        rows, cols = read.grid_shape(max_side)
-        grid = np.frombuffer(read.take(rows * cols), np.uint8).reshape(rows, cols)
-        if grid.max() > 9:
-            raise MalformedMessage("result message has a grid value above 9")
-        outputs.append(grid)
-    message, stdout = read.text(), read.text()
+def decode_ended(payload: bytes) -> tuple[int, int, int, float, float, str]:
+    """(job id, how, wait status, CPU seconds, wall seconds, message) of an ENDED message."""
+    read = _Reader(payload, "ended")
+    job_id, how, status = read.get(_U64), read.get(_U8), read.get(_I32)
+    cpu_s, wall_s, message = read.get(_F64), read.get(_F64), read.text()
     read.end()
-    return job_id, tuple(outputs), error_code, message, stdout, duration
+    if how > NOT_STARTED:
+        raise MalformedMessage(f"ended message has an unknown end {how}")
+    return job_id, how, status, cpu_s, wall_s, message
 
 
-# ---------------------------------------------------------------- program -> worker
+def encode_run(job_id: int) -> bytes:
+    return _U64.pack(job_id)
+
+
+def decode_run(payload: bytes) -> int:
+    read = _Reader(payload, "run")
+    job_id = read.get(_U64)
+    read.end()
+    return job_id
+
+
+# ---------------------------------------------------------------- program -> pool
 # Error codes in frames are indices into config.ErrorType.ALL.
 
 HEADER = struct.Struct("<BBHHHI")  # kind, error code, input index, rows, cols, payload length

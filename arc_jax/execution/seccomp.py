@@ -195,7 +195,7 @@ class _SockFprog(ctypes.Structure):
 
 
 _PID_PLACEHOLDER = 0xFFFFFFF0  # above any real pid; replaced by the child's pid at install time
-_UNPRIVILEGED_ID = 65534  # "nobody": the uid and gid a child of a root worker runs as
+_UNPRIVILEGED_ID = 65534  # "nobody": the gid of a child of a root worker, and its uid where its own is not mapped
 
 
 def supported() -> bool:
@@ -229,14 +229,18 @@ class Sandbox:
         fd/*, environ, nor ptrace it, and it writes no core file."""
         self._call_prctl(_PR_SET_DUMPABLE, int(dumpable), "PR_SET_DUMPABLE")
 
-    def drop_privileges(self) -> None:
-        """As root: become uid and gid 65534 with no supplementary groups, which also clears
-        every capability. Other users have nothing to give up."""
-        if os.geteuid() != 0:
+    def drop_privileges(self, uid: int) -> None:
+        """As root: become `uid` (gid 65534) with no supplementary groups, which also clears
+        every capability; where `uid` does not exist in this user namespace, 65534. Other
+        users (uid < 0) have nothing to give up."""
+        if uid < 0 or os.geteuid() != 0:
             return
         os.setgroups([])
         os.setgid(_UNPRIVILEGED_ID)
-        os.setuid(_UNPRIVILEGED_ID)
+        try:
+            os.setuid(uid)
+        except OSError:  # EINVAL: not mapped in this container's user namespace
+            os.setuid(_UNPRIVILEGED_ID)
 
     def die_with_parent(self, signal_number: int) -> None:
         """Have the kernel send `signal_number` to this process when its parent dies."""

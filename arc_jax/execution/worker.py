@@ -1,25 +1,31 @@
-"""A warm worker process: it forks one sandboxed child per program.
+"""A warm worker process: a template that forks one sandboxed process per program.
 
-ExecutionPool starts this file as a script, one process per pool slot. The
-worker imports numpy, scipy and the DSL (as module `common`) once, then serves
-jobs read from stdin, one at a time:
+ExecutionPool starts this file as a script, one process per pool slot, with one end of a
+SOCK_SEQPACKET socket (its descriptor number is the only argument). The worker imports
+numpy, scipy and the DSL (as module `common`) once, then serves RUN messages, one at a time:
 
-1. fork a child: the child enters a new session, gives up root (uid/gid 65534) if the
-   worker has it, becomes non-dumpable, gets resource limits, installs the allowlist
-   seccomp filter (seccomp.py: it can open no file at all), seeds `random` and
-   `np.random` with 0, and runs the program on each input;
-2. read the child's result frames (protocol.py) until it is done, dies, or its
-   wall-clock deadline passes;
-3. SIGKILL the child's process group (always), reap it, and reply on stdout.
+1. fork the program's process on the descriptor that came with RUN: one end of a socket
+   the pool made for this job alone. The child enters a new session, gives up root (a uid
+   of its own per pool slot) if the worker has it, becomes non-dumpable, gets resource
+   limits (address space, CPU time, at most `max_threads` tasks), reads its job (code and
+   input grids) from the socket, installs the allowlist seccomp filter (seccomp.py: it can
+   open no file at all), seeds `random` and `np.random` with 0, runs the program on each
+   input and writes its result frames back on the same socket;
+2. watch the child: its CPU time (all threads) against `timeout_s`, the wall clock against
+   `wall_timeout_s` (for programs that sleep or block), or its end;
+3. SIGKILL the child's process group (always), reap it, and send ENDED (how it ended, wait
+   status, CPU and wall seconds) to the pool.
 
-Because every program runs in a fresh fork, nothing it changes (numpy functions,
-`Color`, builtins, the recursion limit) reaches the next program, and since it can
-create no file, directory or IPC object, nothing it does outlives it.
+The worker never reads a job's code, inputs, outputs or printed text: the pool and the
+program's process talk directly. So a program's address space, a copy of the worker's,
+holds nothing of any earlier job. Because every program runs in a fresh fork, nothing it
+changes (numpy functions, `Color`, builtins, the recursion limit) reaches the next program,
+and since it can create no file, directory or IPC object, nothing it does outlives it.
+The worker and its programs are the kernel's first choice when memory runs out
+(oom_score_adj 1000), never the trainer.
 
-Messages on stdin/stdout are protocol.py's binary framing (no pickle):
-  pool -> worker: SETUP (DSL path, settings), then JOBs (job id, code, input grids)
-  worker -> pool: READY (pid) or FAILED (message); then one RESULT per job.
-A job that fails in the worker's own code is answered as a Crash; the worker goes on.
+Messages are protocol.py's binary framing (no pickle). If the worker cannot fork, it
+answers that job NOT_STARTED and exits, and the pool starts a fresh one.
 """
 
 import builtins
@@ -33,6 +39,7 @@ import random
 import resource
 import select
 import signal
+import socket
 import sys
 import time
 import typing
@@ -66,7 +73,7 @@ for _name in ("config", "protocol", "seccomp", "validation"):
 
 ErrorType = config.ErrorType
 _CODES = {name: code for code, name in enumerate(ErrorType.ALL)}
-_RESULT_FD = 3  # the child's end of the result pipe
+_JOB_FD = 3  # the child's end of its job's socket: the job comes in, result frames go out
 
 
 # ------------------------------------------------------------------ in the child
@@ -121,7 +128,7 @@ def _error_type(error: BaseException) -> str:
 def _send(data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(_RESULT_FD, view):]
+        view = view[os.write(_JOB_FD, view):]
 
 
 _BUILTINS = dict(vars(builtins))  # the pristine builtins, restored after the program's code runs
@@ -182,38 +189,48 @@ def _run_program(code: str, inputs: list, settings: dict, program_globals: dict)
         _send(protocol.frame(protocol.OUTPUT, index=index, rows=rows, cols=cols, payload=output.astype(np.uint8).tobytes()))
 
 
-def _enter_sandbox(sandbox: seccomp.Sandbox, result_fd: int, null_fd: int, settings: dict) -> _Capture:
-    """Confine this (child) process; return the sink that now receives its stdout/stderr."""
+def _enter_sandbox(worker: "Worker", job_fd: int) -> _Capture:
+    """Confine this (child) process, all but the seccomp filter, which goes on once the job
+    is read; return the sink that now receives its stdout/stderr."""
+    settings = worker.settings
     os.setsid()  # own session and process group: the worker kills the whole group
     parent = os.getppid()
-    sandbox.drop_privileges()  # before the death signal, which a change of uid clears
-    sandbox.set_dumpable(False)
-    sandbox.die_with_parent(signal.SIGKILL)
+    worker.sandbox.drop_privileges(settings["uid"])  # before the death signal, which a change of uid clears
+    worker.sandbox.set_dumpable(False)
+    worker.sandbox.die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
     os.chdir("/")
-    os.dup2(null_fd, 0)
-    os.dup2(null_fd, 1)
-    os.dup2(null_fd, 2)
-    if result_fd != _RESULT_FD:
-        os.dup2(result_fd, _RESULT_FD)
-    os.closerange(_RESULT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.dup2(worker.null_fd, 0)
+    os.dup2(worker.null_fd, 1)
+    os.dup2(worker.null_fd, 2)
+    if job_fd != _JOB_FD:
+        os.dup2(job_fd, _JOB_FD)
+    os.closerange(_JOB_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     memory = settings["memory_limit_mb"] * 2**20
-    cpu = math.ceil(settings["timeout_s"]) + 1
+    cpu = math.ceil(settings["timeout_s"]) + 1  # a backstop: the worker stops it at timeout_s
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    sandbox.install(os.getpid())
+    # Tasks (threads) of this uid. With a uid per pool slot that is this process alone; a
+    # user that cannot change uid shares its count with everything else it runs, so its
+    # programs get no threads at all.
+    tasks = settings["max_threads"] if settings["uid"] >= 0 else 0
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
     capture = _Capture(settings["max_output_chars"])
     sys.stdout = sys.stderr = capture
     os.system = _refuse_process_creation  # it would only report a failed spawn as exit status 127
     return capture
 
 
-def _child_main(job: tuple, worker: "Worker", result_fd: int) -> None:
-    _, code, inputs = job
-    capture = _enter_sandbox(worker.sandbox, result_fd, worker.null_fd, worker.settings)
+def _child_main(worker: "Worker", job_fd: int) -> None:
+    capture = _enter_sandbox(worker, job_fd)
+    message = protocol.read_message(_JOB_FD)
+    if message is None or message[0] != protocol.JOB:
+        return
+    _, code, inputs = protocol.decode_job(message[1])
+    worker.sandbox.install(os.getpid())
     _run_program(code, inputs, worker.settings, worker.program_globals)
     _send(protocol.frame(protocol.STDOUT, payload=capture.text().encode("utf-8", "replace")))
     _send(protocol.frame(protocol.DONE))
@@ -222,143 +239,69 @@ def _child_main(job: tuple, worker: "Worker", result_fd: int) -> None:
 # ------------------------------------------------------------------ in the worker
 
 
-class _Collector:
-    """Assembles a job's result from the child's frames, checking each one."""
-
-    def __init__(self, num_inputs: int, max_grid_side: int):
-        self.outputs = [None] * num_inputs
-        self.errors = {}  # input index -> (error type, message); -1 = the program as a whole
-        self.stdout = ""
-        self.done = False
-        self._max_side = max_grid_side
-
-    def add(self, kind: int, code: int, index: int, rows: int, cols: int, payload: bytes) -> None:
-        if kind in (protocol.INPUT_ERROR, protocol.OUTPUT) and index >= len(self.outputs):
-            raise protocol.MalformedFrame(f"input index {index} out of range")
-        if kind == protocol.OUTPUT:
-            if not (1 <= rows <= self._max_side and 1 <= cols <= self._max_side) or len(payload) != rows * cols:
-                raise protocol.MalformedFrame(f"bad grid frame {rows}x{cols} with {len(payload)} bytes")
-            if max(payload) > 9:
-                raise protocol.MalformedFrame("grid value above 9")
-            self.outputs[index] = np.frombuffer(payload, dtype=np.uint8).reshape(rows, cols)
-        elif kind in (protocol.INPUT_ERROR, protocol.PROGRAM_ERROR):
-            if code >= len(ErrorType.ALL):
-                raise protocol.MalformedFrame(f"unknown error code {code}")
-            key = index if kind == protocol.INPUT_ERROR else -1
-            self.errors[key] = (ErrorType.ALL[code], payload.decode("utf-8", "replace"))
-        elif kind == protocol.STDOUT:
-            self.stdout = payload.decode("utf-8", "replace")
-        else:
-            self.done = True
-
-    def first_error(self) -> tuple[str | None, str]:
-        if not self.errors:
-            return None, ""
-        return self.errors[min(self.errors)]
-
-
-def _collect(read_fd: int, deadline: float, collector: _Collector, max_payload: int) -> str | None:
-    """Feed the child's frames to `collector` until done.
-
-    Returns None when the child finished, "timeout" or "eof" when it did not;
-    raises MalformedFrame for bytes that break the frame format.
-    """
-    poller = select.poll()
-    poller.register(read_fd, select.POLLIN)
-    buffer = bytearray()
-    while not collector.done:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            return "timeout"
-        chunk = os.read(read_fd, 1 << 16)
-        if not chunk:
-            return "eof"
-        buffer += chunk
-        for frame in protocol.split_frames(buffer, max_payload):
-            collector.add(*frame)
-    return None
-
-
-def _exited_before(pid: int, deadline: float) -> bool:
-    """Wait until the process `pid` ends by itself, or `deadline` passes."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(max(deadline - time.monotonic(), 0) * 1000))
-    finally:
-        os.close(pidfd)
-
-
-def _describe_death(status: int) -> tuple[str, str]:
-    """Error type and message for a child that ended without finishing."""
-    if os.WIFSIGNALED(status):
-        signal_number = os.WTERMSIG(status)
-        if signal_number == signal.SIGXCPU:
-            return ErrorType.TIMEOUT, "the program used up its CPU-time limit"
-        return ErrorType.CRASH, f"the program's process was killed by {signal.Signals(signal_number).name}"
-    return ErrorType.EXIT, f"the program's process exited with status {os.WEXITSTATUS(status)} before sending its results"
+def _cpu_clock(pid: int) -> int:
+    """The clock id of process `pid`'s CPU time, all its threads (Linux: MAKE_PROCESS_CPUCLOCK)."""
+    return ((~pid) << 3) | 2
 
 
 class Worker:
-    """Runs jobs, each in a fresh sandboxed child."""
+    """Forks, watches and reaps one program's process per RUN."""
 
     def __init__(self, settings: dict, program_globals: dict, null_fd: int):
         self.settings = settings
         self.program_globals = program_globals
         self.null_fd = null_fd
         self.sandbox = seccomp.Sandbox()
-        # A frame's payload is a grid or a truncated text (up to 4 UTF-8 bytes a character, plus a note).
-        self._max_payload = max(settings["max_grid_side"] ** 2, 4 * settings["max_output_chars"] + 200)
 
-    def run(self, job: tuple) -> tuple:
-        """(job_id, outputs, error type, message, stdout, seconds) of one job."""
-        job_id, _, inputs = job
-        read_fd, write_fd = os.pipe()
+    def run(self, job_fd: int) -> tuple[int, int, float, float, str]:
+        """(how it ended, wait status, CPU seconds, wall seconds, message) of one program.
+
+        Raises OSError when the process cannot be forked (after closing `job_fd`).
+        """
         start = time.monotonic()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(job_fd)
+            raise
         if pid == 0:
             try:
-                os.close(read_fd)
-                _child_main(job, self, write_fd)
+                _child_main(self, job_fd)
             finally:
                 os._exit(0)
-        os.close(write_fd)
-        collector = _Collector(len(inputs), self.settings["max_grid_side"])
-        deadline = start + self.settings["timeout_s"]
-        malformed = None
+        os.close(job_fd)
         try:
-            stopped = _collect(read_fd, deadline, collector, self._max_payload)
-            if stopped == "eof" and not _exited_before(pid, deadline):
-                stopped = "timeout"  # it closed its result pipe but kept running
-        except protocol.MalformedFrame as e:
-            stopped, malformed = "malformed", e
+            how = self._watch(pid, start)
         finally:
             _kill_group(pid)
-            _, status = os.waitpid(pid, 0)
-            os.close(read_fd)
-        duration = time.monotonic() - start
+            _, status, usage = os.wait4(pid, 0)
+        return how, status, usage.ru_utime + usage.ru_stime, time.monotonic() - start, ""
 
-        error_type, message = collector.first_error()
-        if stopped == "timeout":
-            error_type, message = ErrorType.TIMEOUT, f"the program ran past its {self.settings['timeout_s']} s time limit and was killed"
-        elif stopped == "eof":
-            error_type, message = _describe_death(status)
-        elif stopped == "malformed":
-            error_type, message = ErrorType.CRASH, f"the program's process wrote bytes that are not a result: {malformed}"
-        elif error_type is None and any(output is None for output in collector.outputs):
-            error_type, message = ErrorType.CRASH, "the program's process finished without all outputs"
-        return (job_id, tuple(collector.outputs), error_type, message, collector.stdout, duration)
-
-    def answer(self, job: tuple) -> bytes:
-        """The RESULT payload for `job`; an error in the worker's own code is this job's Crash."""
+    def _watch(self, pid: int, start: float) -> int:
+        """Wait for the process to end; kill it at the CPU or wall limit. Returns how it ended."""
+        cpu_limit, wall_limit = self.settings["timeout_s"], self.settings["wall_timeout_s"]
+        clock = _cpu_clock(pid)
+        pidfd = os.pidfd_open(pid)
         try:
-            job_id, outputs, error_type, message, stdout, duration = self.run(job)
-        except Exception as e:  # noqa: BLE001 - whatever broke, only this job pays
-            job_id, outputs, stdout, duration = job[0], (None,) * len(job[2]), "", 0.0
-            error_type, message = ErrorType.CRASH, f"the worker failed to run the job: {_describe(e)}"
-        code = protocol.NO_ERROR if error_type is None else _CODES[error_type]
-        return protocol.encode_result(job_id, outputs, code, message, stdout, duration)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            while True:
+                try:
+                    cpu = time.clock_gettime(clock)
+                except OSError:  # already gone
+                    return protocol.EXITED
+                wall = time.monotonic() - start
+                if cpu >= cpu_limit:
+                    return protocol.CPU_LIMIT
+                if wall >= wall_limit:
+                    return protocol.WALL_LIMIT
+                # One thread's CPU time grows no faster than the wall clock; a few threads'
+                # can, so look again at least every 50 ms.
+                wait = min(cpu_limit - cpu, wall_limit - wall, 0.05)
+                if poller.poll(max(wait, 0.001) * 1000):
+                    return protocol.EXITED
+        finally:
+            os.close(pidfd)
 
 
 def _kill_group(pid: int) -> None:
@@ -389,46 +332,50 @@ def _program_globals(common) -> dict:
 
 
 
-def _self_test(worker: Worker) -> str | None:
-    """Run one trivial program through the full sandbox; return what went wrong, if anything."""
-    grid = np.array([[1, 2], [3, 4]])
-    _, outputs, error_type, message, _, _ = worker.run((0, f"def {worker.settings['entry_point']}(g):\n    return g[::-1]", [grid]))
-    if error_type is not None or not np.array_equal(outputs[0], grid[::-1]):
-        return f"the sandbox self-test failed: {error_type}: {message}"
-    return None
+def _sacrifice_first() -> None:
+    """Make this process, and so every program forked from it, the OOM killer's first choice."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 def main() -> None:
-    # Keep the pool's pipes on private descriptors; stray writes to fd 1 must not corrupt them.
-    proto_in, proto_out = os.dup(0), os.dup(1)
+    control = socket.socket(fileno=int(sys.argv[1]))
     null_fd = os.open(os.devnull, os.O_RDWR)
     os.dup2(null_fd, 0)
-    os.dup2(null_fd, 1)
+    os.dup2(null_fd, 1)  # stray writes (warnings, a DSL's prints) go nowhere
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides when workers stop
 
     def fail(message: str) -> None:
-        protocol.write_message(proto_out, protocol.FAILED, message.encode("utf-8", "replace"))
+        protocol.send_packet(control, protocol.FAILED, message.encode("utf-8", "replace"))
 
     try:
-        message = protocol.read_message(proto_in)
-        if message is None or message[0] != protocol.SETUP:
+        message = protocol.receive_packet(control)
+        if message is None or message[0] != protocol.SETUP or message[2]:
             return fail("the first message is not SETUP")
         common_path, settings = protocol.decode_setup(message[1], protocol.SETTINGS)
+        _sacrifice_first()  # before becoming non-dumpable, which makes /proc/self root's
         seccomp.Sandbox().set_dumpable(False)
         program_globals = _program_globals(_load_common(common_path))
     except BaseException as e:
         return fail(f"cannot set up the worker: {_describe(e)}")
     worker = Worker(settings, program_globals, null_fd)
-    failure = _self_test(worker)
-    if failure:
-        return fail(failure)
-    protocol.write_message(proto_out, protocol.READY, os.getpid().to_bytes(4, "little"))
+    protocol.send_packet(control, protocol.READY, os.getpid().to_bytes(4, "little"))
     gc.freeze()  # keep the collector from touching (and so copying) the warm heap in every child
-    while (message := protocol.read_message(proto_in)) is not None:
-        if message[0] != protocol.JOB:
-            raise protocol.MalformedMessage(f"message kind {message[0]} instead of JOB")
-        job = protocol.decode_job(message[1])
-        protocol.write_message(proto_out, protocol.RESULT, worker.answer(job))
+    while (message := protocol.receive_packet(control)) is not None:
+        kind, payload, fds = message
+        if kind != protocol.RUN or len(fds) != 1:
+            raise protocol.MalformedMessage(f"message kind {kind} with {len(fds)} descriptors instead of RUN")
+        job_id = protocol.decode_run(payload)
+        try:
+            ended = worker.run(fds[0])
+        except OSError as e:  # no process could be forked: answer, then make way for a fresh worker
+            protocol.send_packet(control, protocol.ENDED, protocol.encode_ended(
+                job_id, protocol.NOT_STARTED, 0, 0.0, 0.0, f"the program's process could not start: {_describe(e)}"))
+            return
+        protocol.send_packet(control, protocol.ENDED, protocol.encode_ended(job_id, *ended))
 
 
 if __name__ == "__main__":

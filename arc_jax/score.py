@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,7 +44,8 @@ _SCHEME = flags.DEFINE_enum("reward_scheme", rewards.DEFAULT_SCHEME, sorted(rewa
                             "Reward scheme for the reward column.")
 _PASS_AT_K = flags.DEFINE_list("pass_at_k", ["1", "2"], "Values of k for the pass@k columns.")
 _TIMEOUT_S = flags.DEFINE_float("timeout_s", execution.ExecutionConfig.timeout_s,
-                                "Wall-clock limit per program, all its inputs together.")
+                                "CPU-time limit per program, all its inputs together (a wall-clock "
+                                "backstop of 5x stops programs that sleep).")
 _MEMORY_LIMIT_MB = flags.DEFINE_integer("memory_limit_mb", execution.ExecutionConfig.memory_limit_mb,
                                         "Address-space limit of each program's process.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per CPU.")
@@ -57,6 +59,7 @@ _KEYS = {"task_id": (str, "string"), "completion": (str, "string"), "test_index"
 _REQUIRED = ("task_id", "completion")
 # Predictions in flight at once: bounds memory for files with very many lines.
 _CHUNK = 2048
+MAX_LINE_BYTES = 1 << 24  # a predictions line longer than this is refused
 
 
 class PredictionFormatError(ValueError):
@@ -122,11 +125,22 @@ def decode_line(raw: bytes, where: str) -> str:
 
 def read_predictions(path: str) -> list[Prediction]:
     """All predictions of a JSONL file, in file order. Read as bytes and decoded per line, so
-    that a bad byte is reported with its line."""
+    that a bad byte is reported with its line; a regular file only, lines of at most
+    MAX_LINE_BYTES, so any input is read in time linear in its size."""
     predictions = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO would block it
+            raise PredictionFormatError(f"{path}: not a regular file (expected a JSONL file)")
+        f = open(path, "rb")
+    except OSError as e:
+        raise PredictionFormatError(f"{path}: cannot be read: {e.strerror or e}") from None
+    with f:
+        number = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
             where = f"{path} line {number}"
+            if len(raw) > MAX_LINE_BYTES:
+                raise PredictionFormatError(f"{where}: longer than {MAX_LINE_BYTES} bytes")
             text = decode_line(raw, where)
             if text.strip():
                 predictions.append(parse_prediction(text, where, number))
@@ -139,7 +153,8 @@ def check_predictions(predictions: Sequence[Prediction], tasks: Mapping[str, dat
     """Raises PredictionFormatError for unknown task ids (all of them) or a test_index out of range."""
     unknown = sorted({p.task_id for p in predictions} - set(tasks))
     if unknown:
-        shown = ", ".join(unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        shown = ", ".join(map(data.printable, unknown[:20])) + (
+            f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
         raise PredictionFormatError(f"{path}: {len(unknown)} task ids are not in the dataset: {shown}")
     for p in predictions:
         num_tests = len(tasks[p.task_id].test)
@@ -171,41 +186,79 @@ def summarize(records_by_task: Mapping[str, Sequence[rewards.CompletionRecord]],
     return per_task, rewards.mean_metrics(per_task)
 
 
+class _FlagError(ValueError):
+    """A flag's value is out of range: the message names the flag and what was expected."""
+
+
 def _parse_ks(values: Sequence[str]) -> tuple[int, ...]:
     try:
         ks = tuple(int(v) for v in values)
     except ValueError:
-        raise app.UsageError(f"--pass_at_k must be positive integers, got {','.join(values)}") from None
-    if any(k < 1 for k in ks):
-        raise app.UsageError(f"--pass_at_k must be positive integers, got {','.join(values)}")
+        ks = ()
+    if not ks or any(not 1 <= k <= 10_000 for k in ks):
+        raise _FlagError(f"--pass_at_k={','.join(values)}: expected integers from 1 to 10000")
     return ks
+
+
+def _execution_config() -> execution.ExecutionConfig:
+    """The pool's settings from the flags, each checked before any work."""
+    timeout, memory, workers = _TIMEOUT_S.value, _MEMORY_LIMIT_MB.value, _NUM_WORKERS.value
+    if not 0 < timeout <= 3600:  # also NaN
+        raise _FlagError(f"--timeout_s={timeout}: expected a number of seconds in (0, 3600]")
+    if not 64 <= memory <= 2**22:
+        raise _FlagError(f"--memory_limit_mb={memory}: expected an integer from 64 to 4194304")
+    if not 0 <= workers <= 4096:
+        raise _FlagError(f"--num_workers={workers}: expected an integer from 0 (one per CPU) to 4096")
+    try:
+        execution.check_machine_memory(workers, memory)
+    except execution.ExecutionMemoryError as e:
+        raise _FlagError(str(e).replace("execution.", "--")) from None
+    common = _COMMON_PATH.value
+    if common is not None:
+        try:
+            if not stat.S_ISREG(os.stat(common).st_mode):  # before open: a FIFO would block it
+                raise _FlagError(f"--common_path={common}: not a regular file (expected a common.py)")
+            with open(common, "rb") as f:
+                compile(f.read(), common, "exec")
+        except OSError as e:
+            raise _FlagError(f"--common_path={common}: cannot be read: {e.strerror or e}") from None
+        except (SyntaxError, ValueError) as e:
+            raise _FlagError(f"--common_path={common}: not valid Python: {data.printable(e)}") from None
+    return execution.ExecutionConfig(num_workers=workers, timeout_s=timeout, memory_limit_mb=memory,
+                                     common_path=common)
+
+
+def _check_output(path: str | None) -> None:
+    """--output must be writable where it points; checked before scoring, not after."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise _FlagError(f"--output={path}: is a directory (expected a JSON file to write)")
+    if not os.path.isdir(folder):
+        raise _FlagError(f"--output={path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise _FlagError(f"--output={path}: cannot be written")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    ks = _parse_ks(_PASS_AT_K.value)
+        sys.exit(f"error: unexpected arguments: {data.printable(' '.join(argv[1:]))}")
     try:
-        config = execution.ExecutionConfig(
-            num_workers=_NUM_WORKERS.value,
-            timeout_s=_TIMEOUT_S.value,
-            memory_limit_mb=_MEMORY_LIMIT_MB.value,
-            common_path=_COMMON_PATH.value,
-        )
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
-    if not os.path.isdir(output_dir):  # fail now rather than after scoring
-        sys.exit(f"error: --output: directory {output_dir} does not exist")
-    try:
+        ks = _parse_ks(_PASS_AT_K.value)
+        config = _execution_config()
+        _check_output(_OUTPUT.value)
         tasks = data.load_tasks(_DATASET.value)
         predictions = read_predictions(_PREDICTIONS.value)
         check_predictions(predictions, tasks, _PREDICTIONS.value)
-    except (data.TaskFormatError, PredictionFormatError, OSError) as e:
+    except (_FlagError, data.TaskFormatError, PredictionFormatError, OSError) as e:
         sys.exit(f"error: {e}")
 
-    with execution.ExecutionPool(config) as pool:
-        records_by_task = score_predictions(pool, predictions, tasks, _SCHEME.value)
+    try:
+        with execution.ExecutionPool(config) as pool:
+            records_by_task = score_predictions(pool, predictions, tasks, _SCHEME.value)
+    except execution.WorkerStartError as e:
+        sys.exit(f"error: --common_path={config.common_path}: {e}" if config.common_path else f"error: {e}")
     per_task, mean = summarize(records_by_task, ks)
     errors = rewards.error_counts(r for records in records_by_task.values() for r in records)
 
@@ -225,8 +278,11 @@ def main(argv):
             "mean": mean,
             "tasks": per_task,
         }
-        with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        try:
+            with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+        except OSError as e:
+            sys.exit(f"error: --output={_OUTPUT.value}: cannot be written: {e.strerror or e}")
 
 
 if __name__ == "__main__":

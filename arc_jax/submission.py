@@ -21,7 +21,6 @@ fill both attempts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -147,7 +146,7 @@ def validate(submission: Any, tasks: Mapping[str, data.Task]) -> list[str]:
     """
     if not isinstance(submission, dict):
         return [f"submission must be an object mapping task id to test entries, got {_json_type(submission)}"]
-    problems = [f"task {task_id}: not in the dataset" for task_id in submission if task_id not in tasks]
+    problems = [f"task {data.printable(task_id)}: not in the dataset" for task_id in submission if task_id not in tasks]
     for task_id, task in tasks.items():
         if task_id not in submission:
             problems.append(f"task {task_id}: missing, expected entries for {_test_range(len(task.test))}")
@@ -229,12 +228,8 @@ def _task_score(task_id: str, task: data.Task, entries: list[dict]) -> float:
 
 
 def read_submission(path: str) -> Any:
-    """The parsed JSON of a submission file."""
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nested too deeply
-        raise SubmissionError(f"{path}: not valid JSON: {e}") from None
+    """The parsed JSON of a submission file (a regular file of at most 1 GiB)."""
+    return data.read_json_file(path, SubmissionError)
 
 
 def format_report(tasks: Mapping[str, data.Task], problems: Sequence[str]) -> str:
@@ -250,7 +245,7 @@ def main(argv):
         sys.exit(f"error: expected one command, validate or score, got {' '.join(command) or 'none'}")
     for flag in (_SUBMISSION, _DATASET):
         if not flag.value:
-            sys.exit(f"error: --{flag.name} is required")
+            sys.exit(f"error: --{flag.name} is required (expected a file or, for --dataset, a bundled name)")
     try:
         tasks = data.load_tasks(_DATASET.value)
         submission = read_submission(_SUBMISSION.value)

@@ -10,7 +10,6 @@ The CLI writes DIR/<task_id>.png for every task id.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -48,7 +47,9 @@ COLOUR_MAP = ListedColormap(PALETTE, name="arc")
 _GRID_LINE_COLOUR = "#555555"
 _CORRECT_COLOUR, _INCORRECT_COLOUR = "#1E8C2E", "#C0392B"
 _PANEL_INCHES = 2.0
-_ATTEMPT_KEY = re.compile(r"attempt_[1-9][0-9]*")
+_ATTEMPT_KEY = re.compile(r"attempt_[1-9][0-9]?")
+MAX_ATTEMPTS = 8  # attempts drawn per test input; a submission with more is refused
+MAX_PAIRS = 30  # train and test pairs of a task drawn; a task with more is refused
 
 # attempts[i] = the attempted output grids for test input i.
 Attempts = Sequence[Sequence[Any]]
@@ -152,16 +153,14 @@ def most_different(scores_a: Mapping[str, float], scores_b: Mapping[str, float],
 def read_submission(path: str | os.PathLike) -> dict[str, list[list[np.ndarray]]]:
     """The attempts of an ARC Prize submission file: task id -> one list of grids per test input.
 
-    Attempts are ordered by their number (attempt_1, attempt_2, ...).
+    Attempts are ordered by their number (attempt_1 to attempt_99), at most MAX_ATTEMPTS
+    per test input.
     """
-    try:
-        with open(path, "rb") as f:
-            record = json.load(f)
-    except ValueError as e:  # Invalid JSON or undecodable bytes.
-        raise data.TaskFormatError(f"{path}: not valid JSON: {e}") from None
+    record = data.read_json_file(path)
     if not isinstance(record, dict):
         raise data.TaskFormatError(f"{path}: must be an object mapping task id to a list of attempts")
-    return {task_id: _task_attempts(entries, f"{path}: task {task_id}") for task_id, entries in record.items()}
+    return {task_id: _task_attempts(entries, f"{path}: task {data.printable(task_id)}")
+            for task_id, entries in record.items()}
 
 
 def _task_attempts(entries: Any, where: str) -> list[list[np.ndarray]]:
@@ -171,7 +170,9 @@ def _task_attempts(entries: Any, where: str) -> list[list[np.ndarray]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not entry or not all(map(_ATTEMPT_KEY.fullmatch, entry)):
             raise data.TaskFormatError(
-                f"{where}: test[{i}] must be an object with keys attempt_1, attempt_2, ...")
+                f"{where}: test[{i}] must be an object with keys attempt_1, attempt_2, ... (up to attempt_99)")
+        if len(entry) > MAX_ATTEMPTS:
+            raise data.TaskFormatError(f"{where}: test[{i}] has {len(entry)} attempts; expected at most {MAX_ATTEMPTS}")
         keys = sorted(entry, key=lambda key: int(key.removeprefix("attempt_")))
         attempts.append([data.grid_from_json(entry[key], f"{where}: test[{i}].{key}") for key in keys])
     return attempts
@@ -179,17 +180,23 @@ def _task_attempts(entries: Any, where: str) -> list[list[np.ndarray]]:
 
 def main(argv):
     if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+        sys.exit(f"error: unexpected arguments: {data.printable(' '.join(argv[1:]))}")
     if not _TASK_IDS.value:
         sys.exit("error: --task_ids must name at least one task")
+    if os.path.exists(_OUTPUT_DIR.value) and not os.path.isdir(_OUTPUT_DIR.value):
+        sys.exit(f"error: --output_dir={data.printable(_OUTPUT_DIR.value)}: is a file (expected a directory)")
     try:
         tasks = data.load_tasks(_DATASET.value)
         unknown = [task_id for task_id in _TASK_IDS.value if task_id not in tasks]
         if unknown:
-            raise ValueError(f"task ids not in {_DATASET.value}: {', '.join(unknown)}")
+            raise ValueError(f"--task_ids: not in {_DATASET.value}: {', '.join(map(data.printable, unknown[:20]))}")
+        for task_id in _TASK_IDS.value:
+            pairs = len(tasks[task_id].train) + len(tasks[task_id].test)
+            if pairs > MAX_PAIRS:
+                raise ValueError(f"task {task_id}: {pairs} train and test pairs; expected at most {MAX_PAIRS} to draw")
         submission = read_submission(_SUBMISSION.value) if _SUBMISSION.value else {}
         os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-        for task_id in _TASK_IDS.value:
+        for task_id in _TASK_IDS.value:  # ids of the dataset: safe file names
             path = os.path.join(_OUTPUT_DIR.value, f"{task_id}.png")
             save_task_png(tasks[task_id], path, submission.get(task_id))
             print(path)

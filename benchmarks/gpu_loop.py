@@ -96,6 +96,7 @@ def run_loop(args, checkpoint: pathlib.Path, out: pathlib.Path, name: str) -> di
             timer.start()
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # a run stopped by a timeout still leaves its log
             if any(k in line for k in ("step plan", "compiled", "rror", "Traceback", "GiB")):
                 print("  | " + line.rstrip()[:300], flush=True)
         rc = proc.wait()

@@ -153,6 +153,7 @@ def run_eval(name: str, checkpoint: pathlib.Path, out: pathlib.Path, args) -> di
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # a run stopped by a timeout still leaves its log
             if any(k in line for k in ("round ", "rror", "Traceback", "eval plan")):
                 print("  | " + line.rstrip()[:400], flush=True)
         rc = proc.wait()

@@ -189,6 +189,8 @@ def run_config(overrides: list[str]) -> dict:
     """The batch shape of the reference config file with the command's overrides applied."""
     import importlib.util
 
+    if str(ROOT) not in sys.path:  # the config file imports arc_jax
+        sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("reference_config", ROOT / CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

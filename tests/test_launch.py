@@ -172,7 +172,10 @@ BAD_SETTINGS = [
     ("top_p", 0.0, "config.top_p=0.0: expected a number in (0, 1]"),
     ("sampler.max_prompts_per_batch", 3, "config.sampler.max_prompts_per_batch=3: expected a "
                                          "power of two"),
-    ("execution.timeout_s", float("inf"), "config.execution.timeout_s=inf: expected a finite"),
+    ("execution.timeout_s", float("inf"), "config.execution.timeout_s=inf: expected a number of seconds"),
+    ("execution.wall_timeout_s", 0.5, "config.execution.wall_timeout_s=0.5: expected 0 (5 x timeout_s)"),
+    ("execution.memory_limit_mb", 10**9, "config.execution.memory_limit_mb=1000000000: expected an integer"),
+    ("execution.num_workers", 4096, "config.execution.num_workers=4096 (4096 workers) x execution.memory_limit_mb="),
 ]
 
 

@@ -203,16 +203,11 @@ def _parse_ks(values: Sequence[str]) -> tuple[int, ...]:
 def _execution_config() -> execution.ExecutionConfig:
     """The pool's settings from the flags, each checked before any work."""
     timeout, memory, workers = _TIMEOUT_S.value, _MEMORY_LIMIT_MB.value, _NUM_WORKERS.value
-    if not 0 < timeout <= 3600:  # also NaN
-        raise _FlagError(f"--timeout_s={timeout}: expected a number of seconds in (0, 3600]")
-    if not 64 <= memory <= 2**22:
-        raise _FlagError(f"--memory_limit_mb={memory}: expected an integer from 64 to 4194304")
-    if not 0 <= workers <= 4096:
-        raise _FlagError(f"--num_workers={workers}: expected an integer from 0 (one per CPU) to 4096")
     try:
+        execution.ExecutionConfig(num_workers=workers, timeout_s=timeout, memory_limit_mb=memory)
         execution.check_machine_memory(workers, memory)
-    except execution.ExecutionMemoryError as e:
-        raise _FlagError(str(e).replace("execution.", "--")) from None
+    except ValueError as e:  # ExecutionMemoryError too: both name the settings, here flags
+        raise _FlagError(str(e).replace("ExecutionConfig.", "--").replace("execution.", "--")) from None
     common = _COMMON_PATH.value
     if common is not None:
         try:

@@ -37,18 +37,19 @@ class ExecutionConfig:
     def __post_init__(self):
         if self.wall_timeout_s is None:
             object.__setattr__(self, "wall_timeout_s", 5.0 * self.timeout_s)
-        checks = {
-            "num_workers": self.num_workers >= 0,
-            "timeout_s": 0 < self.timeout_s <= 3600,
-            "wall_timeout_s": self.timeout_s <= self.wall_timeout_s <= 36000,
-            "memory_limit_mb": self.memory_limit_mb > 0,
-            "entry_point": self.entry_point.isidentifier(),
-            "max_grid_side": 1 <= self.max_grid_side <= 65535,
-            "max_output_chars": self.max_output_chars >= 0,
+        checks = {  # field -> (in range, what is expected)
+            "num_workers": (0 <= self.num_workers <= 4096, "an integer from 0 (one per CPU) to 4096"),
+            "timeout_s": (0 < self.timeout_s <= 3600, "a number of seconds in (0, 3600]"),
+            "wall_timeout_s": (self.timeout_s <= self.wall_timeout_s <= 36000,
+                               "a number of seconds from timeout_s to 36000"),
+            "memory_limit_mb": (64 <= self.memory_limit_mb <= 2**22, "an integer from 64 to 4194304"),
+            "entry_point": (self.entry_point.isidentifier(), "a Python name"),
+            "max_grid_side": (1 <= self.max_grid_side <= 65535, "an integer from 1 to 65535"),
+            "max_output_chars": (self.max_output_chars >= 0, "an integer >= 0"),
         }
-        for field, ok in checks.items():
+        for field, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"ExecutionConfig.{field} = {getattr(self, field)!r} is out of range")
+                raise ValueError(f"ExecutionConfig.{field}={getattr(self, field)!r}: expected {expected}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ SETTINGS = {"timeout_s": float, "wall_timeout_s": float, "memory_limit_mb": int,
 MAX_MESSAGE_BYTES = 1 << 30
 MAX_PACKET_BYTES = 1 << 16
 _HEADER = struct.Struct("<BI")
-_U8, _U16, _U32, _U64, _I32, _F64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<Q", "<i", "<d"))
+_U8, _U32, _U64, _I32, _F64 = (struct.Struct(f) for f in ("<B", "<I", "<Q", "<i", "<d"))
 _GRID_SHAPE = struct.Struct("<HH")
 
 

@@ -253,8 +253,8 @@ class Worker:
         self.null_fd = null_fd
         self.sandbox = seccomp.Sandbox()
 
-    def run(self, job_fd: int) -> tuple[int, int, float, float, str]:
-        """(how it ended, wait status, CPU seconds, wall seconds, message) of one program.
+    def run(self, job_fd: int) -> tuple[int, int, float, float]:
+        """(how it ended, wait status, CPU seconds, wall seconds) of one program.
 
         Raises OSError when the process cannot be forked (after closing `job_fd`).
         """
@@ -275,7 +275,7 @@ class Worker:
         finally:
             _kill_group(pid)
             _, status, usage = os.wait4(pid, 0)
-        return how, status, usage.ru_utime + usage.ru_stime, time.monotonic() - start, ""
+        return how, status, usage.ru_utime + usage.ru_stime, time.monotonic() - start
 
     def _watch(self, pid: int, start: float) -> int:
         """Wait for the process to end; kill it at the CPU or wall limit. Returns how it ended."""
@@ -375,7 +375,7 @@ def main() -> None:
             protocol.send_packet(control, protocol.ENDED, protocol.encode_ended(
                 job_id, protocol.NOT_STARTED, 0, 0.0, 0.0, f"the program's process could not start: {_describe(e)}"))
             return
-        protocol.send_packet(control, protocol.ENDED, protocol.encode_ended(job_id, *ended))
+        protocol.send_packet(control, protocol.ENDED, protocol.encode_ended(job_id, *ended, ""))
 
 
 if __name__ == "__main__":

@@ -236,6 +236,7 @@ def main():
         inputs[name] = [pair.input.tolist() for t in tasks_of[name] for pair in tasks[t].train + tasks[t].test]
     plain = direct({name: {"program": code, "inputs": inputs[name]} for name, code in programs.items()},
                    COMMON_PATH.parent)
+    plain_cpu = {name: plain[name].get("cpu_s", 0.0) for name in programs}
     # Over the pool's CPU limit (all inputs together), a direct run counts as a timeout too.
     plain = {name: ["Timeout"] * len(inputs[name]) if plain[name].get("cpu_s", 0) > args.timeout_s else
              [graded(o) for o in plain[name].get("outputs", [plain[name].get("error")] * len(inputs[name]))]
@@ -273,12 +274,19 @@ def main():
     print(f"pool vs direct: {runs - len(sandbox_differs)} of {runs} runs graded the same "
           f"({slow} programs needed more than {args.timeout_s} s of CPU directly)")
     for name, i in sandbox_differs[:20]:
-        print(f"  {name} input {i}: direct {str(plain[name][i])[:60]}, pool {str(sandboxed[name][i])[:60]}")
+        print(f"  {name} input {i}: direct {str(plain[name][i])[:60]} ({plain_cpu[name]:.2f} s of CPU), "
+              f"pool {str(sandboxed[name][i])[:60]}")
     print(f"arc_jax's DSL vs upstream's, both through the pool: {runs - len(dsl_differs)} of {runs} runs the same")
     by_program = {}
     for name, _ in dsl_differs:
         by_program[name] = by_program.get(name, 0) + 1
     print("  by program: " + ", ".join(f"{n} ({k})" for n, k in by_program.items()))
+    upstream_slow = sum(upstream[n][i] == "Timeout" for n, i in dsl_differs)
+    print(f"  of which upstream's DSL ran out of CPU time: {upstream_slow}; arc_jax's: "
+          f"{sum(sandboxed[n][i] == 'Timeout' for n, i in dsl_differs)}; both gave grids that differ: "
+          f"{sum(not isinstance(sandboxed[n][i], str) and not isinstance(upstream[n][i], str) for n, i in dsl_differs)}"
+          f" (in programs that call random functions in main: "
+          f"{sum('random_sprite' in programs[n] and not isinstance(upstream[n][i], str) for n, i in dsl_differs)})")
     for name, i in dsl_differs[:20]:
         print(f"  {name} input {i}: arc_jax {str(sandboxed[name][i])[:60]}, upstream {str(upstream[name][i])[:60]}")
     timeouts = [(n, i) for n in programs for i, o in enumerate(sandboxed[n]) if o == "Timeout"]

@@ -13,6 +13,7 @@ import numbers
 
 import ml_collections
 
+from arc_jax.errors import UserError
 from arc_jax.execution import ExecutionMemoryError, check_machine_memory
 from arc_jax.rollout.vllm import VLLM_LORA_RANKS
 
@@ -235,7 +236,7 @@ def trl_1_16_defaults(config: ml_collections.ConfigDict) -> ml_collections.Confi
 # ----------------------------------------------------------------------------- validation
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field holds a value that no mode can use (names the field and the range)."""
 
 

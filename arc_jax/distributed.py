@@ -19,10 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from arc_jax.errors import UserError
+
 VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-class DistributedSettingsError(ValueError):
+class DistributedSettingsError(UserError, ValueError):
     """The multi-process variables are incomplete or malformed (names them)."""
 
 

@@ -18,14 +18,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from arc_jax.config import ConfigError, validate
-from arc_jax.distributed import DistributedSettingsError, initialize_from_environment
-from arc_jax.data.types import TaskFormatError
-from arc_jax.model.checkpoint import CheckpointError as ModelCheckpointError
-from arc_jax.rollout.memory import RolloutMemoryError
-from arc_jax.rollout.vllm import VLLMError
-from arc_jax.train.checkpoint import CheckpointError as TrainCheckpointError
-from arc_jax.train.memory import UpdateMemoryError
+from arc_jax.config import validate
+from arc_jax.distributed import initialize_from_environment
+from arc_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -65,9 +60,7 @@ def main(argv):
         validate(config)
         initialize_from_environment()
         run(config)
-    except (ConfigError, TaskFormatError, FileNotFoundError, RolloutMemoryError,
-            UpdateMemoryError, ModelCheckpointError, TrainCheckpointError, VLLMError,
-            DistributedSettingsError) as e:  # bad user input or settings: one clear line
+    except (UserError, FileNotFoundError) as e:  # bad user input or settings: one clear line
         sys.exit(f"error: {e}")
 
 

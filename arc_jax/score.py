@@ -36,6 +36,7 @@ from absl import logging
 from arc_jax import data
 from arc_jax import execution
 from arc_jax import rewards
+from arc_jax.errors import UserError
 
 _DATASET = flags.DEFINE_string("dataset", None, "Tasks to score against, e.g. arc-agi-1/training or a JSON file.")
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file, one prediction per line.")
@@ -62,7 +63,7 @@ _CHUNK = 2048
 MAX_LINE_BYTES = 1 << 24  # a predictions line longer than this is refused
 
 
-class PredictionFormatError(ValueError):
+class PredictionFormatError(UserError, ValueError):
     """A predictions file line is malformed or names a task that is not in the dataset."""
 
 
@@ -186,7 +187,7 @@ def summarize(records_by_task: Mapping[str, Sequence[rewards.CompletionRecord]],
     return per_task, rewards.mean_metrics(per_task)
 
 
-class _FlagError(ValueError):
+class _FlagError(UserError, ValueError):
     """A flag's value is out of range: the message names the flag and what was expected."""
 
 
@@ -246,7 +247,7 @@ def main(argv):
         tasks = data.load_tasks(_DATASET.value)
         predictions = read_predictions(_PREDICTIONS.value)
         check_predictions(predictions, tasks, _PREDICTIONS.value)
-    except (_FlagError, data.TaskFormatError, PredictionFormatError, OSError) as e:
+    except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
 
     try:

@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 
 from arc_jax import data
+from arc_jax.errors import UserError
 from arc_jax.rewards import CompletionRecord
 
 
@@ -48,7 +49,7 @@ PADDING: Grid = ((0,),)  # the attempt that fills a missing one
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A submission or its inputs cannot be built, read or scored."""
 
 
@@ -249,7 +250,7 @@ def main(argv):
     try:
         tasks = data.load_tasks(_DATASET.value)
         submission = read_submission(_SUBMISSION.value)
-    except (data.TaskFormatError, SubmissionError, OSError) as e:
+    except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
     problems = validate(submission, tasks)
     print(format_report(tasks, problems))

@@ -26,6 +26,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from arc_jax import data
+from arc_jax.errors import UserError
 
 
 
@@ -107,7 +108,7 @@ def _checked_attempts(task: data.Task, attempts: Attempts | None) -> list[list[n
     if attempts is None:
         return [[] for _ in task.test]
     if len(attempts) != len(task.test):
-        raise ValueError(f"task {task.id}: got attempts for {len(attempts)} test inputs, "
+        raise data.TaskFormatError(f"task {task.id}: got attempts for {len(attempts)} test inputs, "
                          f"expected {len(task.test)} (one list per test input)")
     return [[data.grid_from_json(grid.tolist() if isinstance(grid, np.ndarray) else grid,
                                  f"task {task.id}: attempts[{i}][{k}]")
@@ -189,18 +190,18 @@ def main(argv):
         tasks = data.load_tasks(_DATASET.value)
         unknown = [task_id for task_id in _TASK_IDS.value if task_id not in tasks]
         if unknown:
-            raise ValueError(f"--task_ids: not in {_DATASET.value}: {', '.join(map(data.printable, unknown[:20]))}")
+            raise UserError(f"--task_ids: not in {_DATASET.value}: {', '.join(map(data.printable, unknown[:20]))}")
         for task_id in _TASK_IDS.value:
             pairs = len(tasks[task_id].train) + len(tasks[task_id].test)
             if pairs > MAX_PAIRS:
-                raise ValueError(f"task {task_id}: {pairs} train and test pairs; expected at most {MAX_PAIRS} to draw")
+                raise UserError(f"task {task_id}: {pairs} train and test pairs; expected at most {MAX_PAIRS} to draw")
         submission = read_submission(_SUBMISSION.value) if _SUBMISSION.value else {}
         os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
         for task_id in _TASK_IDS.value:  # ids of the dataset: safe file names
             path = os.path.join(_OUTPUT_DIR.value, f"{task_id}.png")
             save_task_png(tasks[task_id], path, submission.get(task_id))
             print(path)
-    except (ValueError, OSError) as e:  # TaskFormatError is a ValueError.
+    except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

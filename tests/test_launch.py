@@ -224,3 +224,30 @@ def test_bad_setting_exits_1_with_one_line_before_any_work(override, message):
     assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), output
     assert "Traceback" not in result.stderr
     assert "step plan" not in result.stdout  # stopped before the data and the model
+
+
+def test_every_user_error_is_one_family():
+    # launch and the CLIs catch UserError alone: each class of bad input or settings must be one.
+    from arc_jax.config import ConfigError
+    from arc_jax.data import TaskFormatError
+    from arc_jax.distributed import DistributedSettingsError
+    from arc_jax.errors import UserError
+    from arc_jax.execution import ExecutionMemoryError, WorkerStartError
+    from arc_jax.model.checkpoint import CheckpointError as ModelCheckpointError
+    from arc_jax.model.config import ConfigError as ModelConfigError
+    from arc_jax.model.safetensors_io import SafetensorsError
+    from arc_jax.rollout.memory import RolloutMemoryError
+    from arc_jax.rollout.vllm import VLLMError
+    from arc_jax.score import PredictionFormatError
+    from arc_jax.submission import SubmissionError
+    from arc_jax.train.checkpoint import CheckpointError as TrainCheckpointError
+    from arc_jax.train.memory import UpdateMemoryError
+    from arc_jax.train.metrics_log import MetricsError
+
+    classes = [ConfigError, TaskFormatError, DistributedSettingsError, ExecutionMemoryError, WorkerStartError,
+               ModelCheckpointError, ModelConfigError, SafetensorsError, RolloutMemoryError, VLLMError,
+               PredictionFormatError, SubmissionError, TrainCheckpointError, UpdateMemoryError, MetricsError]
+    assert [c.__name__ for c in classes if not issubclass(c, UserError)] == []
+    # and each keeps its builtin base for library callers
+    assert issubclass(TaskFormatError, ValueError) and issubclass(UpdateMemoryError, MemoryError)
+    assert issubclass(VLLMError, RuntimeError)

@@ -6,8 +6,10 @@ import dataclasses
 
 import numpy as np
 
+from arc_jax.errors import UserError
 
-class TaskFormatError(ValueError):
+
+class TaskFormatError(UserError, ValueError):
     """A task file or record does not follow the ARC format.
 
     The message names the file (when there is one), the task id and the exact field.

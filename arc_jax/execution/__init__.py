@@ -1,8 +1,7 @@
 """Sandboxed execution of generated programs on ARC grids."""
 
-from arc_jax.execution.config import (ErrorType, ExecutionConfig, ExecutionMemoryError, ExecutionResult,
-                                      check_machine_memory)
-from arc_jax.execution.pool import ExecutionPool, WorkerStartError
+from arc_jax.execution.config import ErrorType, ExecutionConfig, ExecutionResult
+from arc_jax.execution.pool import ExecutionMemoryError, ExecutionPool, WorkerStartError, check_machine_memory
 from arc_jax.execution.validation import InvalidOutputError, validate_output
 
 __all__ = [

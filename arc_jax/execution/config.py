@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -60,32 +59,3 @@ class ExecutionResult:
     stdout: str  # stdout and stderr together, truncated; "" when the process was killed
     duration_s: float  # from the fork of the program's process to its end
 
-
-class ExecutionMemoryError(ValueError):
-    """The workers' memory limits together exceed what this machine has."""
-
-
-def machine_memory_bytes() -> int:
-    """This machine's memory: MemTotal, or the memory limit of this process's cgroup where lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def check_machine_memory(num_workers: int, memory_limit_mb: int) -> None:
-    """Raises ExecutionMemoryError when `num_workers` programs at `memory_limit_mb` each could
-    need more memory than the machine has (num_workers 0: one per core)."""
-    workers = num_workers or os.cpu_count()
-    have = machine_memory_bytes()
-    if workers * memory_limit_mb * 2**20 > have:
-        raise ExecutionMemoryError(
-            f"execution.num_workers={num_workers} ({workers} workers) x execution.memory_limit_mb="
-            f"{memory_limit_mb} = {workers * memory_limit_mb / 1024:.1f} GiB: more than this machine's "
-            f"{have / 2**30:.1f} GiB of memory (expected a product that fits; lower one of them)")

@@ -44,8 +44,9 @@ from typing import Sequence
 
 import numpy as np
 
+from arc_jax.errors import UserError
 from arc_jax.execution import protocol, seccomp
-from arc_jax.execution.config import ErrorType, ExecutionConfig, ExecutionResult, check_machine_memory
+from arc_jax.execution.config import ErrorType, ExecutionConfig, ExecutionResult
 
 _WORKER_SCRIPT = os.path.join(os.path.dirname(__file__), "worker.py")
 _DEFAULT_COMMON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dsl", "common.py")
@@ -56,7 +57,37 @@ MAX_THREADS = 16  # tasks a program's process may have, its main thread included
 _ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ")
 
 
-class WorkerStartError(RuntimeError):
+class ExecutionMemoryError(UserError, ValueError):
+    """The workers' memory limits together exceed what this machine has."""
+
+
+def machine_memory_bytes() -> int:
+    """This machine's memory: MemTotal, or the memory limit of this process's cgroup where lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_machine_memory(num_workers: int, memory_limit_mb: int) -> None:
+    """Raises ExecutionMemoryError when `num_workers` programs at `memory_limit_mb` each could
+    need more memory than the machine has (num_workers 0: one per core)."""
+    workers = num_workers or os.cpu_count()
+    have = machine_memory_bytes()
+    if workers * memory_limit_mb * 2**20 > have:
+        raise ExecutionMemoryError(
+            f"execution.num_workers={num_workers} ({workers} workers) x execution.memory_limit_mb="
+            f"{memory_limit_mb} = {workers * memory_limit_mb / 1024:.1f} GiB: more than this machine's "
+            f"{have / 2**30:.1f} GiB of memory (expected a product that fits; lower one of them)")
+
+
+class WorkerStartError(UserError, RuntimeError):
     """A worker process could not start (e.g. the DSL file does not import)."""
 
 

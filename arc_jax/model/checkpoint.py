@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from arc_jax.errors import UserError
 from arc_jax.model.config import ConfigError, LlamaConfig, LoraConfig, Numerics
 from arc_jax.model.llama import Llama
 from arc_jax.model.lora import LoraParam, init_lora_a, merge_lora
@@ -36,7 +37,7 @@ _PEFT_PREFIX = "base_model.model."
 _LORA_SUFFIX = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or adapter directory does not match the model (names the file and tensor)."""
 
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from arc_jax.errors import UserError
+
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.json or adapter_config.json is missing, unsupported or malformed."""
 
 

@@ -12,12 +12,13 @@ import os
 import jax
 import numpy as np
 
+from arc_jax.errors import UserError
 from arc_jax.model.config import LlamaConfig
 
 GiB = 2 ** 30
 
 
-class RolloutMemoryError(MemoryError):
+class RolloutMemoryError(UserError, MemoryError):
     """A rollout would not fit in the free device memory."""
 
 

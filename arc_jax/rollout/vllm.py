@@ -43,6 +43,7 @@ from typing import Any, Sequence
 from absl import logging
 from flax import nnx
 
+from arc_jax.errors import UserError
 from arc_jax.model import Llama, LoraParam, save_peft_adapter
 from arc_jax.rollout.interface import Completion, SamplingParams
 
@@ -51,7 +52,7 @@ from arc_jax.rollout.interface import Completion, SamplingParams
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class VLLMError(RuntimeError):
+class VLLMError(UserError, RuntimeError):
     """The vLLM server refused a request, could not start, or stayed unreachable."""
 
 

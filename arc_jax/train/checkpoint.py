@@ -38,10 +38,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from arc_jax.errors import UserError
+
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be saved or restored (names the directory, step and field)."""
 
 

@@ -21,11 +21,12 @@ import dataclasses
 
 import numpy as np
 
+from arc_jax.errors import UserError
 from arc_jax.model.config import LlamaConfig
 from arc_jax.rollout.memory import GiB
 
 
-class UpdateMemoryError(MemoryError):
+class UpdateMemoryError(UserError, MemoryError):
     """An update of these shapes would not fit in the free device memory."""
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from arc_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_RUN_ID_FILE = "wandb_run_id"
@@ -36,7 +38,7 @@ PROGRESS_SHOW = (("reward", "reward/mean"), ("solved", "solved_ratio"))
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """A metric value or a metrics file is malformed (names the file, line, step and key)."""
 
 

@@ -122,3 +122,54 @@ def histogram(lengths, edges=(1, 128, 256, 384, 512, 768, 1023, 1024)) -> dict:
         out["median"] = float(np.median(lengths))
         out["mean"] = round(float(lengths.mean()), 1)
     return out
+
+
+def summarize_trace(trace_dir: pathlib.Path, top: int = 25) -> dict:
+    """Per device stream: kernels by name (digits dropped) and by the JAX named scope of the op
+    they run (the `tf_op` stat of GPU kernels, where the trace has it), total and busy time,
+    and span."""
+    import re
+
+    from jax.profiler import ProfileData
+
+    def scope(event) -> str:
+        try:
+            stats = dict(event.stats)
+        except Exception:  # noqa: BLE001 - an older trace format: no stats
+            return ""
+        op = str(stats.get("tf_op") or stats.get("long_name") or "")
+        parts = [p for p in re.sub(r"[0-9]+", "#", op).split("/")
+                 if p and not p.startswith(("jit(", "pjit", "while", "body", "cond", "checkpoint"))]
+        return "/".join(parts[-3:])[:90]
+
+    def ranked(table):
+        return [[n, c, round(ms, 2)]
+                for n, (c, ms) in sorted(table.items(), key=lambda kv: -kv[1][1])[:top]]
+
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    data = ProfileData.from_file(str(files[-1]))
+    streams = []
+    for plane in data.planes:
+        if not plane.name.startswith(("/device:", "/host:CPU")):
+            continue
+        for line in plane.lines:
+            events = [(re.sub(r"[0-9]+", "#", e.name)[:90], scope(e), e.start_ns, e.duration_ns)
+                      for e in line.events]
+            if len(events) < 100:
+                continue
+            by_name: dict[str, list[float]] = {}
+            by_scope: dict[str, list[float]] = {}
+            for name, where, _, duration in events:
+                for table, key in ((by_name, name), (by_scope, where)):
+                    entry = table.setdefault(key, [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += duration / 1e6
+            span = (max(s + d for *_, s, d in events) - min(s for *_, s, _ in events)) / 1e6
+            busy = sum(d for *_, d in events) / 1e6
+            stream = {"plane": plane.name, "line": line.name, "events": len(events),
+                      "span_ms": round(span, 1), "busy_ms": round(busy, 1),
+                      "top": ranked(by_name)}
+            if len(by_scope) > 1:
+                stream["by_scope"] = ranked(by_scope)
+            streams.append(stream)
+    return {"streams": streams}

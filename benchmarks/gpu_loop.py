@@ -390,36 +390,7 @@ def profile_decode(checkpoint: pathlib.Path, prompt_len: int, out: pathlib.Path,
     with jax.profiler.trace(str(trace_dir)):
         time_decode(sampler, prompt, g, 0.95, steps, repeats=1)
     emit({"stage": "profile_decode", "G": g, "prompt": prompt_len, "steps": steps,
-          **summarize_trace(trace_dir)})
-
-
-def summarize_trace(trace_dir: pathlib.Path, top: int = 25) -> dict:
-    """Per device stream: kernels by name (digits dropped), total and busy time, and span."""
-    from jax.profiler import ProfileData
-
-    files = sorted(trace_dir.rglob("*.xplane.pb"))
-    data = ProfileData.from_file(str(files[-1]))
-    streams = []
-    for plane in data.planes:
-        if not plane.name.startswith(("/device:", "/host:CPU")):
-            continue
-        for line in plane.lines:
-            events = [(re.sub(r"[0-9]+", "#", e.name)[:90], e.start_ns, e.duration_ns)
-                      for e in line.events]
-            if len(events) < 100:
-                continue
-            by_name: dict[str, list[float]] = {}
-            for name, _, duration in events:
-                by_name.setdefault(name, [0, 0.0])
-                by_name[name][0] += 1
-                by_name[name][1] += duration / 1e6
-            span = (max(s + d for _, s, d in events) - min(s for _, s, _ in events)) / 1e6
-            busy = sum(d for _, _, d in events) / 1e6
-            ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
-            streams.append({"plane": plane.name, "line": line.name, "events": len(events),
-                            "span_ms": round(span, 1), "busy_ms": round(busy, 1),
-                            "top": [[n, c, round(ms, 2)] for n, (c, ms) in ranked]})
-    return {"streams": streams}
+          **fixtures.summarize_trace(trace_dir)})
 
 
 def micro_torch(checkpoint: pathlib.Path, prompt_len: int, new_tokens: int) -> None:

@@ -17,6 +17,9 @@ memory bandwidth. Bandwidth is measured with a large reduction unless --bandwidt
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
+import shutil
 import time
 
 import jax
@@ -27,6 +30,13 @@ from flax import nnx
 from arc_jax.model import LlamaConfig, Llama, Numerics, RopeScaling
 from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
 from arc_jax.rollout.memory import kv_bytes_per_token
+
+import fixtures
+
+# The first 16 ARC-AGI-1 evaluation tasks' prompt lengths (default prompt, Llama-3 tokenizer),
+# as `launch --config=configs/eval_barc_8b.py --config.max_tasks=16` samples them.
+ARC_EVAL_FIRST_16 = [291, 2523, 1761, 967, 6707, 3785, 515, 2309, 1219, 4968, 4511, 3949, 1897,
+                     1389, 1105, 967]
 
 MODELS = {
     "tiny": LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=768,
@@ -68,24 +78,45 @@ def main() -> None:
     parser.add_argument("--max_rows", type=int, default=256)
     parser.add_argument("--rows_per_prompt", type=int, default=16)
     parser.add_argument("--bandwidth_gbs", type=float, help="memory bandwidth in GB/s")
+    parser.add_argument("--prompt_lens", default="",
+                        help="comma-separated prompt lengths, cycled over the prompts (instead "
+                             "of --prompt_len); 'arc-eval' = the first 16 ARC-AGI-1 evaluation "
+                             "prompts' lengths with the Llama-3 tokenizer")
+    parser.add_argument("--attention", default="auto", choices=["auto", "xla", "pallas"])
+    parser.add_argument("--top_p", type=float, default=0.95)
+    parser.add_argument("--segment_steps", type=int, default=64)
+    parser.add_argument("--profile", type=pathlib.Path,
+                        help="trace the timed call into this folder and print where the device "
+                             "time went, per kernel and per named scope")
     args = parser.parse_args()
 
     config = LlamaConfig.from_json(args.config) if args.config else MODELS[args.model]
     dtype = jnp.dtype(args.dtype)
-    p, s, g, t = args.prompts, args.prompt_len, args.G, args.new_tokens
+    p, g, t = args.prompts, args.G, args.new_tokens
+    lengths = ARC_EVAL_FIRST_16 if args.prompt_lens == "arc-eval" else [
+        int(x) for x in args.prompt_lens.split(",") if x] or [args.prompt_len]
+    lengths = [lengths[i % len(lengths)] for i in range(p)]
+    s = f"{min(lengths)}-{max(lengths)}" if len(set(lengths)) > 1 else str(lengths[0])
     model = Llama(config, numerics=Numerics(param_dtype=dtype), rngs=nnx.Rngs(0))
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
-    sampler = JaxSampler(model, config=SamplerConfig(max_rows=args.max_rows,
-                                                     rows_per_prompt=args.rows_per_prompt))
-    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=t, stop_token_ids=(),
-                              seed=0)
-    prompts = np.random.default_rng(0).integers(0, config.vocab_size, (p, s)).tolist()
+    sampler = JaxSampler(model, config=SamplerConfig(
+        max_rows=args.max_rows, rows_per_prompt=args.rows_per_prompt, attention=args.attention,
+        segment_steps=args.segment_steps))
+    sampling = SamplingParams(temperature=1.0, top_p=args.top_p, max_new_tokens=t,
+                              stop_token_ids=(), seed=0)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in lengths]
     begin = time.perf_counter()
     sampler.generate(prompts, g, sampling)  # compiles
     compile_s = time.perf_counter() - begin
+    if args.profile:
+        shutil.rmtree(args.profile, ignore_errors=True)
+        jax.profiler.start_trace(str(args.profile))
     begin = time.perf_counter()
     out = sampler.generate(prompts, g, sampling)
     seconds = time.perf_counter() - begin
+    if args.profile:
+        jax.profiler.stop_trace()
     stats = sampler.last_stats
     assert min(len(c.token_ids) for cs in out for c in cs) == t, "every sample runs the full length"
 
@@ -107,10 +138,15 @@ def main() -> None:
         ("memory bandwidth", f"{bandwidth / 1e9:,.1f} GB/s"
                              + ("" if args.bandwidth_gbs else " (measured)")),
         ("share of the floor", f"{read / bandwidth / seconds:.1%}"),
+        ("segments, prefills, preempted", f"{stats['segments']}, {stats['prefills']}, "
+                                          f"{stats.get('preempted', 0)}"),
+        ("attention", sampler.attention),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+        print(f"{name:<{width}}  {value}", flush=True)
+    if args.profile:
+        print(json.dumps(fixtures.summarize_trace(args.profile)), flush=True)
 
 
 if __name__ == "__main__":

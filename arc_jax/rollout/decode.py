@@ -172,15 +172,19 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
     for i, block in enumerate(model.layers):
         def attend(qkv, i=i):  # q [B, 1, N, H], k and v [B, 1, K, H]
             q, k, v = qkv
-            pool_k = pool.k[i].at[page, offset].set(k[:, 0].astype(pool.k[i].dtype))
-            pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
+            with jax.named_scope("pool_write"):
+                pool_k = pool.k[i].at[page, offset].set(k[:, 0].astype(pool.k[i].dtype))
+                pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
             q = q[:, 0]                                                           # [B, N, H]
-            prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
-                                            cache.v[i], cache.valid)
-            prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
-            *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table, own_lengths,
-                                                         implementation=attention)
-            out = paged.merge(prefix, own).astype(q.dtype)
+            with jax.named_scope("prefix_attention"):
+                prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
+                                                cache.v[i], cache.valid)
+                prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
+            with jax.named_scope("own_attention"):
+                *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table,
+                                                             own_lengths, implementation=attention)
+            with jax.named_scope("merge"):
+                out = paged.merge(prefix, own).astype(q.dtype)
             return out[:, None], (pool_k, pool_v)
 
         x, (pool_k, pool_v) = block(x, positions, attend, adapters)
@@ -234,11 +238,12 @@ def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Ar
     def body(carry):
         i, pool, rows, out, finished = carry
         live = rows.live
-        processed = process_logits(rows.logits, rows.seen, sampling)
-        step_keys = jax.vmap(jax.random.fold_in)(rows.keys, rows.pos)
-        tokens = jnp.where(live, choose_tokens(step_keys, processed, sampling.greedy), 0)
-        lp = jnp.where(live, token_logprobs(processed, tokens), 0.0)
-        tlp = jnp.where(live, token_logprobs(rows.logits / temperature, tokens), 0.0)
+        with jax.named_scope("sampling"):
+            processed = process_logits(rows.logits, rows.seen, sampling)
+            step_keys = jax.vmap(jax.random.fold_in)(rows.keys, rows.pos)
+            tokens = jnp.where(live, choose_tokens(step_keys, processed, sampling.greedy), 0)
+            lp = jnp.where(live, token_logprobs(processed, tokens), 0.0)
+            tlp = jnp.where(live, token_logprobs(rows.logits / temperature, tokens), 0.0)
         stopped = jnp.any(tokens[:, None] == stop_ids, axis=-1)
         ended = live & (stopped | (rows.pos + 1 >= t_max))
         still = live & ~ended

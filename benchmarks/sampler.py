@@ -66,6 +66,32 @@ def measure_bandwidth(num_bytes: int = 512 * 2 ** 20) -> float:
     return num_bytes / best
 
 
+def time_prefix_kernels(slots: int, rows: int, lengths: list[int], prompt_len: int) -> None:
+    """The prompt part of a decode step's attention at the 8B head shapes, bf16: XLA (every
+    padded key, float32 scores) against the Pallas kernel (real lengths only), per layer."""
+    from arc_jax.rollout import attention
+
+    rng = np.random.default_rng(0)
+    bf16 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+    q, k, v = bf16(slots, rows, 32, 128), bf16(slots, prompt_len, 8, 128), bf16(slots, prompt_len, 8, 128)
+    lengths = jnp.asarray([lengths[i % len(lengths)] for i in range(slots)], jnp.int32)
+    outs = {}
+    for impl in ("xla", "pallas"):
+        fn = jax.jit(lambda q, k, v, n, impl=impl: attention.prefix_attention(
+            q, k, v, n, implementation=impl))
+        outs[impl] = jax.block_until_ready(fn(q, k, v, lengths))
+        begin = time.perf_counter()
+        for _ in range(20):
+            out = fn(q, k, v, lengths)
+        jax.block_until_ready(out)
+        ms = (time.perf_counter() - begin) / 20 * 1e3
+        print(f"prefix attention {impl:>6}: {ms:.3f} ms per layer ({slots} slots x {rows} rows, "
+              f"prompts padded to {prompt_len}, real {int(lengths.sum())} tokens)", flush=True)
+    err = jnp.linalg.norm(outs["pallas"][0] - outs["xla"][0]) / jnp.linalg.norm(outs["xla"][0])
+    print(f"prefix attention pallas vs xla: relative error {float(err):.2e}, lse max error "
+          f"{float(jnp.max(jnp.abs(outs['pallas'][1] - outs['xla'][1]))):.2e}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
@@ -85,6 +111,8 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", choices=["auto", "xla", "pallas"])
     parser.add_argument("--top_p", type=float, default=0.95)
     parser.add_argument("--segment_steps", type=int, default=64)
+    parser.add_argument("--kernels", action="store_true",
+                        help="first time the prompt attention alone, XLA against Pallas")
     parser.add_argument("--profile", type=pathlib.Path,
                         help="trace the timed call into this folder and print where the device "
                              "time went, per kernel and per named scope")
@@ -97,6 +125,10 @@ def main() -> None:
         int(x) for x in args.prompt_lens.split(",") if x] or [args.prompt_len]
     lengths = [lengths[i % len(lengths)] for i in range(p)]
     s = f"{min(lengths)}-{max(lengths)}" if len(set(lengths)) > 1 else str(lengths[0])
+    if args.kernels:
+        slots = max(1, min(p, args.max_rows // min(g, args.rows_per_prompt)))
+        bucket = SamplerConfig().buckets(max(lengths))
+        time_prefix_kernels(slots, args.max_rows // slots, lengths, bucket)
     model = Llama(config, numerics=Numerics(param_dtype=dtype), rngs=nnx.Rngs(0))
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
     sampler = JaxSampler(model, config=SamplerConfig(

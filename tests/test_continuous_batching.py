@@ -129,11 +129,12 @@ def random_case(seed, rows_per_prompt=3, prompts=2, prompt_len=24, page_size=4, 
     lengths[-1] = page_size * pages_per_row
     prefix_k = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
     prefix_v = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
-    prefix_valid = np.arange(prompt_len)[None, :] < rng.integers(1, prompt_len + 1, (prompts, 1))
-    return q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid
+    prefix_lengths = rng.integers(1, prompt_len + 1, prompts).astype(np.int32)
+    prefix_lengths[0] = 1
+    return q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths
 
 
-def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid):
+def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths):
     """The attention as `shared_prefix_scores` computes it, with each row's own keys copied out
     of its pages into a dense [P, R, T, K, H] cache."""
     p = prefix_k.shape[0]
@@ -142,6 +143,7 @@ def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, pre
     own_k = k_pages[table].reshape(p, r, -1, *k_pages.shape[2:])
     own_v = v_pages[table].reshape(p, r, -1, *v_pages.shape[2:])
     t = own_k.shape[2]
+    prefix_valid = np.arange(prefix_k.shape[1])[None, :] < prefix_lengths[:, None]
     out = np.zeros_like(q)
     for row in range(b):  # one row at a time: each has its own visible length
         mask = np.arange(t)[None, :] < lengths[row]
@@ -154,10 +156,10 @@ def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, pre
 
 
 def split_parts(case, implementation):
-    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid = case
+    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths = case
     p = prefix_k.shape[0]
     prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                        prefix_valid)
+                                        prefix_lengths, implementation=implementation)
     prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
     own = attention.paged_attention(q, k_pages, v_pages, table, lengths,
                                     implementation=implementation)[:2]
@@ -171,12 +173,12 @@ def test_paged_attention_equals_the_dense_attention(seed):
 
 
 def test_an_empty_own_part_leaves_the_prefix_attention():
-    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_valid = random_case(3)
+    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths = random_case(3)
     own = attention.paged_attention(q, k_pages, v_pages, table, np.zeros_like(lengths))[:2]
     assert np.all(np.isneginf(own[1])) and np.all(own[0] == 0)
     p = prefix_k.shape[0]
     prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                        prefix_valid)
+                                        prefix_lengths)
     prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
     np.testing.assert_allclose(attention.merge(prefix, own), prefix[0], atol=1e-6)
 
@@ -195,3 +197,19 @@ def test_the_pallas_kernel_equals_the_xla_paged_attention(seed):
     np.testing.assert_array_equal(np.isneginf(ours[1]), np.isneginf(ref[1]))
     finite = np.isfinite(ref[1])
     np.testing.assert_allclose(np.asarray(ours[1])[finite], np.asarray(ref[1])[finite], atol=2e-5)
+
+
+@pytest.mark.parametrize("prompt_len, rows_per_prompt", [(200, 3), (64, 5)])
+def test_the_pallas_prefix_kernel_equals_the_dense_attention(prompt_len, rows_per_prompt):
+    # Prompts of 1 token, of a partial last block and of the whole padded length; the kernel
+    # splits each prompt into chunks (200 tokens: several chunks, some empty) and merges them.
+    case = random_case(7, rows_per_prompt=rows_per_prompt, prompts=3, prompt_len=prompt_len,
+                       page_size=16, pages_per_row=2, heads=8, kv_heads=2, head_dim=16)
+    case[7][:] = [1, prompt_len - 7, prompt_len]
+    np.testing.assert_allclose(split_parts(case, "pallas"), dense_reference(*case), atol=3e-5)
+    q, prefix_k, prefix_v, prefix_lengths = case[0], *case[5:]
+    ours = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), prefix_k, prefix_v,
+                                      prefix_lengths, implementation="pallas")
+    ref = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), prefix_k, prefix_v,
+                                     prefix_lengths)
+    np.testing.assert_allclose(ours[1], ref[1], atol=3e-5)

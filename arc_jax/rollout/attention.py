@@ -9,10 +9,10 @@ are read once per step, not once per row), `paged_attention` reads each row's ow
 its pages, and `merge` combines them. Each part returns (out [.., N, H] float32 normalised
 within the part, lse [.., N] float32); an empty part has lse = -inf and out = 0.
 
-`paged_attention` has two implementations of one function: "xla" gathers every row's n pages
-(the reference; on a GPU it moves the pages through memory three times), "pallas" is a kernel
-that reads each row's pages up to its length, one (row, key/value head) per program
-(`arc_jax.rollout.pallas_attention`).
+Both parts have two implementations of one function: "xla" (the reference, any backend; it
+gathers every row's n pages, moving them through memory three times on a GPU, and scores
+every padded prompt key in float32), and "pallas", kernels that read each row's pages and
+each slot's prompt only up to their lengths (`arc_jax.rollout.pallas_attention`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,20 @@ def _softmax_part(scores: jax.Array, values_fn) -> tuple[jax.Array, jax.Array]:
     return out, lse
 
 
-def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
-                     ) -> tuple[jax.Array, jax.Array]:
-    """q [P, R, N, H] over each slot's prompt keys k, v [P, S, K, H] where valid [P, S]
-    -> out [P, R, N, H], lse [P, R, N]."""
+def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *,
+                     implementation: str = "xla") -> tuple[jax.Array, jax.Array]:
+    """q [P, R, N, H] over each slot's first lengths[p] (>= 1) prompt keys k, v [P, S, K, H]
+    -> out [P, R, N, H], lse [P, R, N]. "pallas" reads each slot's keys once for its R rows and
+    only up to its length (`pallas_attention.prefix_attention`); "xla" computes the scores of
+    every padded key."""
+    if implementation == "pallas":
+        from arc_jax.rollout import pallas_attention
+
+        return pallas_attention.prefix_attention(q, k, v, lengths)
+    _check(implementation)
     p, r, n, h = q.shape
-    kh = k.shape[2]
+    s, kh = k.shape[1], k.shape[2]
+    valid = jnp.arange(s)[None, :] < lengths[:, None]                           # [P, S]
     q = q.reshape(p, r, kh, n // kh, h) * jnp.asarray(h ** -0.5, q.dtype)
     scores = jnp.einsum("prkgh,pskh->prkgs", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(valid[:, None, None, None, :], scores, NEVER)
@@ -48,6 +56,12 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
                                   preferred_element_type=jnp.float32)
     out, lse = _softmax_part(scores, values)
     return out.reshape(p, r, n, h), lse.reshape(p, r, n)
+
+
+def _check(implementation: str) -> None:
+    if implementation != "xla":
+        raise ValueError(f"attention: implementation must be 'xla' or 'pallas', got "
+                         f"{implementation!r}")
 
 
 def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
@@ -61,9 +75,7 @@ def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table:
         from arc_jax.rollout import pallas_attention
 
         return pallas_attention.paged_attention(q, k_pages, v_pages, table, lengths)
-    if implementation != "xla":
-        raise ValueError(f"paged_attention: implementation must be 'xla' or 'pallas', got "
-                         f"{implementation!r}")
+    _check(implementation)
     b, n, h = q.shape
     _, ps, kh, _ = k_pages.shape
     gather = lambda pages: pages[table].reshape(b, -1, kh, h)                   # [B, n*ps, K, H]

@@ -36,14 +36,13 @@ TRASH_PAGE = 0  # writes of idle rows go here; never read
 class SlotCache:
     """The prompts in the P slots.
 
-    k[i], v[i]: layer i's [P, S, K, H]. valid [P, S]: slot holds a prompt token. lengths [P].
+    k[i], v[i]: layer i's [P, S, K, H] (right-padded). lengths [P]: the prompts' lengths.
     first_logits [P, V]: logits at each prompt's last token (its samples' first draw).
     seen [P, V] bool: tokens of the prompt (for the repetition penalty; [P, 0] without it).
     """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
-    valid: jax.Array
     lengths: jax.Array
     first_logits: jax.Array
     seen: jax.Array
@@ -52,7 +51,7 @@ class SlotCache:
     def empty(cls, model: Llama, prompts: int, prompt_len: int, penalised: bool) -> SlotCache:
         kv = KVCache.empty(model.config, prompts, prompt_len, model.numerics.compute_dtype)
         vocab = model.config.vocab_size
-        return cls(k=kv.k, v=kv.v, valid=kv.valid, lengths=jnp.ones((prompts,), jnp.int32),
+        return cls(k=kv.k, v=kv.v, lengths=jnp.ones((prompts,), jnp.int32),
                    first_logits=jnp.zeros((prompts, vocab), jnp.float32),
                    seen=jnp.zeros((prompts, vocab if penalised else 0), bool))
 
@@ -140,15 +139,14 @@ def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Ar
         seen = put(seen, jnp.zeros((seen.shape[1],), bool).at[tokens[0]].max(valid[0]))
     return SlotCache(k=tuple(put(c, x[0]) for c, x in zip(cache.k, kv.k)),
                      v=tuple(put(c, x[0]) for c, x in zip(cache.v, kv.v)),
-                     valid=put(cache.valid, valid[0]), lengths=put(cache.lengths, length),
+                     lengths=put(cache.lengths, length),
                      first_logits=put(cache.first_logits, logits), seen=seen)
 
 
 def grow_slots(cache: SlotCache, prompt_len: int) -> SlotCache:
     """The cache with room for prompts of `prompt_len` tokens (the slots' contents kept)."""
     pad = lambda x: jnp.pad(x, [(0, 0), (0, prompt_len - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-    return cache.replace(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)),
-                         valid=pad(cache.valid))
+    return cache.replace(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)))
 
 
 def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Array,
@@ -178,7 +176,8 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
             q = q[:, 0]                                                           # [B, N, H]
             with jax.named_scope("prefix_attention"):
                 prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
-                                                cache.v[i], cache.valid)
+                                                cache.v[i], cache.lengths,
+                                                implementation=attention)
                 prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
             with jax.named_scope("own_attention"):
                 *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table,

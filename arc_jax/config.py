@@ -15,7 +15,7 @@ import ml_collections
 
 from arc_jax.errors import UserError
 from arc_jax.execution import ExecutionMemoryError, check_machine_memory
-from arc_jax.rollout.vllm import VLLM_LORA_RANKS
+from arc_jax.rollout.interface import ENGINES, VLLM_LORA_RANKS
 
 
 def field_help() -> str:
@@ -291,7 +291,7 @@ _RULES = (
     ("sampler.attention", lambda v, c: v in ("auto", "xla", "pallas"),
      "'auto', 'xla' or 'pallas'"),
     ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("rollout.engine", lambda v, c: v in ("jax", "vllm"), "'jax' or 'vllm'"),
+    ("rollout.engine", lambda v, c: v in ENGINES, f"one of {list(ENGINES)}"),
     ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,
      "0 (a free port) or a TCP port"),

@@ -17,7 +17,7 @@ from arc_jax import prompts
 from arc_jax import rewards
 from arc_jax.execution import ExecutionPool
 from arc_jax.rollout import Completion, RolloutEngine, SamplingParams
-from arc_jax.train.task_stream import Draw, TaskStream
+from arc_jax.data.task_stream import Draw, TaskStream
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ from arc_jax.execution import ExecutionPool
 from arc_jax.model import LoraParam
 from arc_jax.model.checkpoint import load_peft_adapter
 from arc_jax.rollout import PromptBuckets
-from arc_jax.train.task_stream import Draw
+from arc_jax.data.task_stream import Draw
 
 
 def policies(config: ml_collections.ConfigDict) -> list[str]:

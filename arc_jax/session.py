@@ -23,11 +23,8 @@ from arc_jax.execution import ExecutionConfig
 from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
 from arc_jax.train import grpo
 from arc_jax.train.optim import OptimizerConfig
-from arc_jax.rollout import (JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig,
+from arc_jax.rollout import (ENGINES, JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig,
                              SamplingParams, VLLMConfig, VLLMEngine)
-
-ENGINES = ("jax", "vllm")  # config.rollout.engine
-
 
 def loss_config(config: ml_collections.ConfigDict) -> grpo.GRPOLossConfig:
     fields = [f.name for f in dataclasses.fields(grpo.GRPOLossConfig)]
@@ -204,16 +201,25 @@ def vllm_config(config: ml_collections.ConfigDict) -> VLLMConfig:
 
 def make_engine(config: ml_collections.ConfigDict, model: Llama, tokenizer,
                 buckets: PromptBuckets, model_path: str) -> RolloutEngine:
-    """The rollout engine `config.rollout.engine` names, sampling from `model` (whose base
-    weights are those of `model_path`); a context manager (closing stops a vLLM server)."""
-    if config.rollout.engine == "vllm":
-        if jax.process_count() > 1:
-            raise ConfigError("config.rollout.engine='vllm' runs in one process: every process "
-                              "of this multi-process run would start its own server")
-        return VLLMEngine(model, tokenizer, model_path, vllm_config(config), config.workdir)
-    if config.rollout.engine != "jax":
-        raise ValueError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "
-                         f"{list(ENGINES)}")
+    """The rollout engine `config.rollout.engine` names (one of `rollout.ENGINES`), sampling
+    from `model` (whose base weights are those of `model_path`); a context manager (closing
+    stops a vLLM server)."""
+    builders = {"jax": _jax_engine, "vllm": _vllm_engine}
+    assert builders.keys() == ENGINES.keys(), "an engine without a builder, or the reverse"
+    if config.rollout.engine not in builders:
+        raise ConfigError(f"config.rollout.engine={config.rollout.engine!r}: expected one of "
+                          f"{list(ENGINES)}")
+    return builders[config.rollout.engine](config, model, tokenizer, buckets, model_path)
+
+
+def _vllm_engine(config, model, tokenizer, buckets, model_path) -> RolloutEngine:
+    if jax.process_count() > 1:
+        raise ConfigError("config.rollout.engine='vllm' runs in one process: every process "
+                          "of this multi-process run would start its own server")
+    return VLLMEngine(model, tokenizer, model_path, vllm_config(config), config.workdir)
+
+
+def _jax_engine(config, model, tokenizer, buckets, model_path) -> RolloutEngine:
     s = config.sampler
     return JaxSampler(model, tokenizer, SamplerConfig(
         max_rows=s.max_rows, rows_per_prompt=s.rows_per_prompt, page_size=s.page_size,

@@ -67,6 +67,7 @@ def assert_same(out, reference):
                                        atol=2e-6)
 
 
+@pytest.mark.slow
 def test_a_sample_does_not_depend_on_the_slot_layout(model):
     reference, stats = run(model, max_rows=64, rows_per_prompt=16)
     assert stats["rows"] == 20 and stats["prompt_slots"] == 4

@@ -64,6 +64,7 @@ def run_processes(count: int, devices_per_process: int) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_two_processes_update_as_one_process_with_two_devices():
     one = run_processes(1, devices_per_process=2)[0]
     two = run_processes(2, devices_per_process=1)

@@ -66,6 +66,7 @@ def run_rounds(config, pool, path: pathlib.Path) -> dict:
                                tasks, path)
 
 
+@pytest.mark.slow
 def test_an_interrupted_eval_resumes_to_the_same_file(tiny_policy, pool, tmp_path):
     config = eval_config(tiny_policy)
     whole = tmp_path / "whole.predictions.jsonl.gz"

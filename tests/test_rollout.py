@@ -339,6 +339,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_a_data_parallel_mesh_samples_what_one_device_samples(checkpoint):
     """8 CPU devices on the data axis: the rows of the batch (prompts x n) are split over
     them; greedy and seeded samples equal those of one device."""

@@ -266,6 +266,7 @@ CPU_BOUND = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_verdicts_do_not_depend_on_machine_load():
     programs = {"0.6 s of CPU": CPU_BOUND.replace("SECONDS", "0.6"),
                 "2 s of CPU": CPU_BOUND.replace("SECONDS", "2.0"),

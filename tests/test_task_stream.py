@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from arc_jax.data import Pair, Task
-from arc_jax.train.task_stream import TaskStream
+from arc_jax.data.task_stream import TaskStream
 
 
 def _task(task_id: str, value: int) -> Task:

@@ -216,6 +216,7 @@ TOY_RUN = """
 """
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = run_python(TOY_RUN, whole, 10, 0)

@@ -454,6 +454,7 @@ def test_updater_rejects_a_model_without_adapters_and_bad_settings():
 # -------------------------------------------------------------------------------- the mesh
 
 
+@pytest.mark.slow
 def test_eight_device_meshes_give_the_one_device_losses_and_weights():
     """3 updates on (data, fsdp, tensor) meshes (8, 1, 1), (2, 4, 1) and (1, 4, 2) of 8 CPU
     devices and on 1 device, in a subprocess because the device count is fixed when JAX

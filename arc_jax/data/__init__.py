@@ -1,4 +1,4 @@
-"""ARC task data: types, loading and validation, augmentation."""
+"""ARC task data: types, loading and validation, augmentation, the stream of training draws."""
 
 from arc_jax.data.augment import Augmentation
 from arc_jax.data.loaders import (

@@ -91,9 +91,26 @@ class Completion:
         return self.finish_reason == "length"
 
 
+# The engines `config.rollout.engine` can name (`arc_jax.session.make_engine` builds them).
+ENGINES = {
+    "jax": "the in-process JaxSampler",
+    "vllm": "a vLLM server fed the trainer's LoRA weights",
+}
+
+# The ranks vLLM's `--max-lora-rank` accepts. (Its Llama takes LoRA on the same seven
+# projections as `LoraConfig.target_modules` allows.)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """What the trainer and the evaluator need from a sampler."""
+    """What the trainer and the evaluator need from a sampler.
+
+    trainer_logprobs: the log-probs of its completions are the trainer's own (same model code
+      and weights), so the trainer need not recompute them before the update.
+    """
+
+    trainer_logprobs: bool
 
     def generate(self, prompts: Sequence[Sequence[int]], n: int,
                  sampling: SamplingParams) -> list[list[Completion]]:

@@ -178,6 +178,8 @@ class JaxSampler:
     tokenizer: optional, only used to fill `Completion.text`.
     """
 
+    trainer_logprobs = True
+
     def __init__(self, model: Llama, tokenizer: Any = None, config: SamplerConfig = SamplerConfig()):
         self.model_config = model.config
         self.dtype = model.numerics.compute_dtype

@@ -45,11 +45,7 @@ from flax import nnx
 
 from arc_jax.errors import UserError
 from arc_jax.model import Llama, LoraParam, save_peft_adapter
-from arc_jax.rollout.interface import Completion, SamplingParams
-
-# The ranks vLLM's `--max-lora-rank` accepts. (Its Llama takes LoRA on the same seven
-# projections as `LoraConfig.target_modules` allows.)
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from arc_jax.rollout.interface import VLLM_LORA_RANKS, Completion, SamplingParams
 
 
 class VLLMError(UserError, RuntimeError):
@@ -274,6 +270,8 @@ class VLLMEngine:
     model_path: the base model folder the server serves (the same checkpoint the policy loaded).
     workdir: adapters go to workdir/adapters, the server's log to workdir/vllm_server.log.
     """
+
+    trainer_logprobs = False  # another program's numerics: the trainer recomputes them
 
     def __init__(self, model: Llama, tokenizer, model_path: str, config: VLLMConfig,
                  workdir: str | os.PathLike):

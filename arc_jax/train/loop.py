@@ -47,7 +47,7 @@ from arc_jax.train.collapse import CollapseConfig, CollapseGuard
 from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
-from arc_jax.train.task_stream import Draw
+from arc_jax.data.task_stream import Draw
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
 
@@ -326,7 +326,7 @@ class _Trainer:
         if not self.loss.importance_sampling_correction:
             batch = batch._replace(sampler_logprobs=None)
         agreement = {}
-        if config.num_iterations > 1 or config.rollout.engine != "jax":
+        if config.num_iterations > 1 or not self.sampler.trainer_logprobs:
             # The trainer's log-probs before the update: old log-probs of the loss, and the
             # yardstick of how far an external sampler is from the trainer.
             batch = batch._replace(old_logprobs=self.updater.logprobs(batch))

@@ -22,10 +22,12 @@ MEAN row, and `--output` writes the per-task and mean metrics as JSON.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import stat
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,21 +40,28 @@ from arc_jax import execution
 from arc_jax import rewards
 from arc_jax.errors import UserError
 
-_DATASET = flags.DEFINE_string("dataset", None, "Tasks to score against, e.g. arc-agi-1/training or a JSON file.")
-_PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file, one prediction per line.")
-_OUTPUT = flags.DEFINE_string("output", None, "If set, write per-task and mean metrics to this JSON file.")
-_SCHEME = flags.DEFINE_enum("reward_scheme", rewards.DEFAULT_SCHEME, sorted(rewards.SCHEMES),
-                            "Reward scheme for the reward column.")
-_PASS_AT_K = flags.DEFINE_list("pass_at_k", ["1", "2"], "Values of k for the pass@k columns.")
-_TIMEOUT_S = flags.DEFINE_float("timeout_s", execution.ExecutionConfig.timeout_s,
-                                "CPU-time limit per program, all its inputs together (a wall-clock "
-                                "backstop of 5x stops programs that sleep).")
-_MEMORY_LIMIT_MB = flags.DEFINE_integer("memory_limit_mb", execution.ExecutionConfig.memory_limit_mb,
-                                        "Address-space limit of each program's process.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per CPU.")
-_COMMON_PATH = flags.DEFINE_string("common_path", None,
-                                   "A `common.py` for programs to import instead of the bundled DSL.")
-_TASK_ROWS = flags.DEFINE_bool("task_rows", True, "Print one table row per task, not only the MEAN row.")
+
+def define_flags() -> types.SimpleNamespace:
+    """The command line's flags, defined only when this module runs as a program (importing it
+    as a library defines none), as one object handed to `main`."""
+    return types.SimpleNamespace(
+        dataset=flags.DEFINE_string("dataset", None, "Tasks to score against, e.g. arc-agi-1/training or a JSON file."),
+        predictions=flags.DEFINE_string("predictions", None, "JSONL file, one prediction per line."),
+        output=flags.DEFINE_string("output", None, "If set, write per-task and mean metrics to this JSON file."),
+        scheme=flags.DEFINE_enum("reward_scheme", rewards.DEFAULT_SCHEME, sorted(rewards.SCHEMES),
+                                 "Reward scheme for the reward column."),
+        pass_at_k=flags.DEFINE_list("pass_at_k", ["1", "2"], "Values of k for the pass@k columns."),
+        timeout_s=flags.DEFINE_float("timeout_s", execution.ExecutionConfig.timeout_s,
+                                     "CPU-time limit per program, all its inputs together (a wall-clock "
+                                     "backstop of 5x stops programs that sleep)."),
+        memory_limit_mb=flags.DEFINE_integer("memory_limit_mb", execution.ExecutionConfig.memory_limit_mb,
+                                             "Address-space limit of each program's process."),
+        num_workers=flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per CPU."),
+        common_path=flags.DEFINE_string("common_path", None,
+                                        "A `common.py` for programs to import instead of the bundled DSL."),
+        task_rows=flags.DEFINE_bool("task_rows", True, "Print one table row per task, not only the MEAN row."),
+        required=("dataset", "predictions"))
+
 
 # key -> (Python type, JSON type name)
 _KEYS = {"task_id": (str, "string"), "completion": (str, "string"), "test_index": (int, "integer"),
@@ -201,21 +210,20 @@ def _parse_ks(values: Sequence[str]) -> tuple[int, ...]:
     return ks
 
 
-def _execution_config() -> execution.ExecutionConfig:
+def _execution_config(timeout: float, memory: int, workers: int, common: str | None
+                      ) -> execution.ExecutionConfig:
     """The pool's settings from the flags, each checked before any work."""
-    timeout, memory, workers = _TIMEOUT_S.value, _MEMORY_LIMIT_MB.value, _NUM_WORKERS.value
     try:
         execution.ExecutionConfig(num_workers=workers, timeout_s=timeout, memory_limit_mb=memory)
         execution.check_machine_memory(workers, memory)
     except ValueError as e:  # ExecutionMemoryError too: both name the settings, here flags
         raise _FlagError(str(e).replace("ExecutionConfig.", "--").replace("execution.", "--")) from None
-    common = _COMMON_PATH.value
     if common is not None:
         try:
             if not stat.S_ISREG(os.stat(common).st_mode):  # before open: a FIFO would block it
                 raise _FlagError(f"--common_path={common}: not a regular file (expected a common.py)")
-            with open(common, "rb") as f:
-                compile(f.read(), common, "exec")
+            with open(common, "rb") as source:
+                compile(source.read(), common, "exec")
         except OSError as e:
             raise _FlagError(f"--common_path={common}: cannot be read: {e.strerror or e}") from None
         except (SyntaxError, ValueError) as e:
@@ -237,36 +245,37 @@ def _check_output(path: str | None) -> None:
         raise _FlagError(f"--output={path}: cannot be written")
 
 
-def main(argv):
+def main(f: types.SimpleNamespace, argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {data.printable(' '.join(argv[1:]))}")
     try:
-        ks = _parse_ks(_PASS_AT_K.value)
-        config = _execution_config()
-        _check_output(_OUTPUT.value)
-        tasks = data.load_tasks(_DATASET.value)
-        predictions = read_predictions(_PREDICTIONS.value)
-        check_predictions(predictions, tasks, _PREDICTIONS.value)
+        ks = _parse_ks(f.pass_at_k.value)
+        config = _execution_config(f.timeout_s.value, f.memory_limit_mb.value, f.num_workers.value,
+                                   f.common_path.value)
+        _check_output(f.output.value)
+        tasks = data.load_tasks(f.dataset.value)
+        predictions = read_predictions(f.predictions.value)
+        check_predictions(predictions, tasks, f.predictions.value)
     except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
 
     try:
         with execution.ExecutionPool(config) as pool:
-            records_by_task = score_predictions(pool, predictions, tasks, _SCHEME.value)
+            records_by_task = score_predictions(pool, predictions, tasks, f.scheme.value)
     except execution.WorkerStartError as e:
         sys.exit(f"error: --common_path={config.common_path}: {e}" if config.common_path else f"error: {e}")
     per_task, mean = summarize(records_by_task, ks)
     errors = rewards.error_counts(r for records in records_by_task.values() for r in records)
 
-    print(rewards.format_table(per_task, mean, show_tasks=_TASK_ROWS.value))
+    print(rewards.format_table(per_task, mean, show_tasks=f.task_rows.value))
     print(f"{len(predictions)} predictions on {len(per_task)} tasks; "
           f"{len(tasks) - len(per_task)} of the {len(tasks)} dataset tasks have no predictions")
     print("errors: " + (", ".join(f"{name} {count}" for name, count in errors.items()) or "none"))
-    if _OUTPUT.value:
+    if f.output.value:
         report = {
-            "dataset": _DATASET.value,
-            "predictions": _PREDICTIONS.value,
-            "reward_scheme": _SCHEME.value,
+            "dataset": f.dataset.value,
+            "predictions": f.predictions.value,
+            "reward_scheme": f.scheme.value,
             "execution": dataclasses.asdict(config),
             "num_predictions": len(predictions),
             "num_dataset_tasks": len(tasks),
@@ -275,12 +284,13 @@ def main(argv):
             "tasks": per_task,
         }
         try:
-            with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            with open(f.output.value, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=2)
         except OSError as e:
-            sys.exit(f"error: --output={_OUTPUT.value}: cannot be written: {e.strerror or e}")
+            sys.exit(f"error: --output={f.output.value}: cannot be written: {e.strerror or e}")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["dataset", "predictions"])
-    app.run(main)
+    command_flags = define_flags()
+    flags.mark_flags_as_required(command_flags.required)
+    app.run(functools.partial(main, command_flags))

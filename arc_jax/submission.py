@@ -21,7 +21,9 @@ fill both attempts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,13 +37,14 @@ from arc_jax.rewards import CompletionRecord
 
 
 
-def _define_flags() -> None:
-    """The command line's flags, defined only when this module runs as a program, so that
-    importing it as a library (next to other modules with a --dataset flag) defines none."""
-    global _SUBMISSION, _DATASET
-    _SUBMISSION = flags.DEFINE_string("submission", None, "Submission JSON file in the ARC Prize format.")
-    _DATASET = flags.DEFINE_string("dataset", None,
-                                   "Tasks the submission answers, e.g. arc-agi-1/evaluation or a JSON file.")
+def define_flags() -> types.SimpleNamespace:
+    """The command line's flags, defined only when this module runs as a program (importing it
+    as a library, next to other modules with a --dataset flag, defines none), as one object
+    handed to `main`."""
+    return types.SimpleNamespace(
+        submission=flags.DEFINE_string("submission", None, "Submission JSON file in the ARC Prize format."),
+        dataset=flags.DEFINE_string("dataset", None,
+                                    "Tasks the submission answers, e.g. arc-agi-1/evaluation or a JSON file."))
 
 
 Grid = tuple[tuple[int, ...], ...]  # hashable, so identical grids group together
@@ -240,16 +243,16 @@ def format_report(tasks: Mapping[str, data.Task], problems: Sequence[str]) -> st
                       f"problems: {len(problems)}", *problems])
 
 
-def main(argv):
+def main(f: types.SimpleNamespace, argv):
     command = argv[1:]
     if command not in (["validate"], ["score"]):
         sys.exit(f"error: expected one command, validate or score, got {' '.join(command) or 'none'}")
-    for flag in (_SUBMISSION, _DATASET):
+    for flag in (f.submission, f.dataset):
         if not flag.value:
             sys.exit(f"error: --{flag.name} is required (expected a file or, for --dataset, a bundled name)")
     try:
-        tasks = data.load_tasks(_DATASET.value)
-        submission = read_submission(_SUBMISSION.value)
+        tasks = data.load_tasks(f.dataset.value)
+        submission = read_submission(f.submission.value)
     except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
     problems = validate(submission, tasks)
@@ -266,5 +269,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    app.run(functools.partial(main, define_flags()))

@@ -10,10 +10,12 @@ The CLI writes DIR/<task_id>.png for every task id.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,15 +32,16 @@ from arc_jax.errors import UserError
 
 
 
-def _define_flags() -> None:
-    """The command line's flags, defined only when this module runs as a program, so that
-    importing it as a library (next to other modules with a --dataset flag) defines none."""
-    global _DATASET, _TASK_IDS, _OUTPUT_DIR, _SUBMISSION
-    _DATASET = flags.DEFINE_string("dataset", None, "Tasks to draw from, e.g. arc-agi-1/training or a JSON file.")
-    _TASK_IDS = flags.DEFINE_list("task_ids", None, "Comma-separated ids of the tasks to draw.")
-    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for the PNG files (created if missing).")
-    _SUBMISSION = flags.DEFINE_string("submission", None, "ARC Prize submission JSON whose attempts to draw.")
-    flags.mark_flags_as_required(["dataset", "task_ids", "output_dir"])
+def define_flags() -> types.SimpleNamespace:
+    """The command line's flags, defined only when this module runs as a program (importing it
+    as a library, next to other modules with a --dataset flag, defines none), as one object
+    handed to `main`."""
+    return types.SimpleNamespace(
+        dataset=flags.DEFINE_string("dataset", None, "Tasks to draw from, e.g. arc-agi-1/training or a JSON file."),
+        task_ids=flags.DEFINE_list("task_ids", None, "Comma-separated ids of the tasks to draw."),
+        output_dir=flags.DEFINE_string("output_dir", None, "Directory for the PNG files (created if missing)."),
+        submission=flags.DEFINE_string("submission", None, "ARC Prize submission JSON whose attempts to draw."),
+        required=("dataset", "task_ids", "output_dir"))
 
 
 # ARC colour index -> hex colour.
@@ -179,26 +182,26 @@ def _task_attempts(entries: Any, where: str) -> list[list[np.ndarray]]:
     return attempts
 
 
-def main(argv):
+def main(f: types.SimpleNamespace, argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {data.printable(' '.join(argv[1:]))}")
-    if not _TASK_IDS.value:
+    if not f.task_ids.value:
         sys.exit("error: --task_ids must name at least one task")
-    if os.path.exists(_OUTPUT_DIR.value) and not os.path.isdir(_OUTPUT_DIR.value):
-        sys.exit(f"error: --output_dir={data.printable(_OUTPUT_DIR.value)}: is a file (expected a directory)")
+    if os.path.exists(f.output_dir.value) and not os.path.isdir(f.output_dir.value):
+        sys.exit(f"error: --output_dir={data.printable(f.output_dir.value)}: is a file (expected a directory)")
     try:
-        tasks = data.load_tasks(_DATASET.value)
-        unknown = [task_id for task_id in _TASK_IDS.value if task_id not in tasks]
+        tasks = data.load_tasks(f.dataset.value)
+        unknown = [task_id for task_id in f.task_ids.value if task_id not in tasks]
         if unknown:
-            raise UserError(f"--task_ids: not in {_DATASET.value}: {', '.join(map(data.printable, unknown[:20]))}")
-        for task_id in _TASK_IDS.value:
+            raise UserError(f"--task_ids: not in {f.dataset.value}: {', '.join(map(data.printable, unknown[:20]))}")
+        for task_id in f.task_ids.value:
             pairs = len(tasks[task_id].train) + len(tasks[task_id].test)
             if pairs > MAX_PAIRS:
                 raise UserError(f"task {task_id}: {pairs} train and test pairs; expected at most {MAX_PAIRS} to draw")
-        submission = read_submission(_SUBMISSION.value) if _SUBMISSION.value else {}
-        os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-        for task_id in _TASK_IDS.value:  # ids of the dataset: safe file names
-            path = os.path.join(_OUTPUT_DIR.value, f"{task_id}.png")
+        submission = read_submission(f.submission.value) if f.submission.value else {}
+        os.makedirs(f.output_dir.value, exist_ok=True)
+        for task_id in f.task_ids.value:  # ids of the dataset: safe file names
+            path = os.path.join(f.output_dir.value, f"{task_id}.png")
             save_task_png(tasks[task_id], path, submission.get(task_id))
             print(path)
     except (UserError, OSError) as e:
@@ -206,5 +209,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    command_flags = define_flags()
+    flags.mark_flags_as_required(command_flags.required)
+    app.run(functools.partial(main, command_flags))

@@ -9,12 +9,14 @@ solves the task (every train and test output exact).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
+import functools
 import time
+import types
 
 import jax.numpy as jnp
+from absl import app, flags
 from transformers import AutoTokenizer
 
 from arc_jax import prompts
@@ -27,16 +29,22 @@ from arc_jax.toy import ToyPolicyConfig, build_toy_policy, demo_tasks, read_buil
 from arc_jax.prompts import stop_token_ids
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--directory", default="workdir/toy_policy")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def define_flags() -> types.SimpleNamespace:
+    """The command line's flags, as one object handed to `main`."""
+    return types.SimpleNamespace(
+        directory=flags.DEFINE_string("directory", "workdir/toy_policy",
+                                      "Folder of the toy policy (built there if missing)."),
+        samples=flags.DEFINE_integer("samples", 8, "Completions per demo task.", lower_bound=1),
+        seed=flags.DEFINE_integer("seed", 0, "Seed of the build and of the sampling."))
+
+
+def main(f: types.SimpleNamespace, argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = ToyPolicyConfig()
 
     start = time.perf_counter()
-    path = build_toy_policy(args.directory, config, seed=args.seed)
+    path = build_toy_policy(f.directory.value, config, seed=f.seed.value)
     info = read_build_info(path)
     losses = info["sft_losses"]
     print(f"toy policy at {path}: built in {info['build_seconds']:.0f} s "
@@ -53,8 +61,8 @@ def main() -> None:
     sampler = JaxSampler(from_pretrained(path, dtype=jnp.float32), tokenizer, SamplerConfig())
     sampling = SamplingParams(temperature=1.0,
                               max_new_tokens=config.max_seq_len - config.max_prompt_tokens,
-                              stop_token_ids=stop_token_ids(tokenizer), seed=args.seed)
-    completions = sampler.generate(prompt_ids, args.samples, sampling)
+                              stop_token_ids=stop_token_ids(tokenizer), seed=f.seed.value)
+    completions = sampler.generate(prompt_ids, f.samples.value, sampling)
 
     counts = collections.Counter()
     with ExecutionPool(ExecutionConfig()) as pool:
@@ -63,10 +71,10 @@ def main() -> None:
                 counts["parsed"] += record.parsed
                 counts["valid"] += record.valid
                 counts["solved"] += record.solved
-    total = len(ids) * args.samples
-    print(f"{len(ids)} demo tasks x {args.samples} samples: "
+    total = len(ids) * f.samples.value
+    print(f"{len(ids)} demo tasks x {f.samples.value} samples: "
           + ", ".join(f"{key} {counts[key] / total:.1%}" for key in ("parsed", "valid", "solved")))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(functools.partial(main, define_flags()))

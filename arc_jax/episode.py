@@ -15,6 +15,7 @@ from arc_jax import data
 from arc_jax import distributed
 from arc_jax import prompts
 from arc_jax import rewards
+from arc_jax import seeds
 from arc_jax.execution import ExecutionPool
 from arc_jax.rollout import Completion, RolloutEngine, SamplingParams
 from arc_jax.data.task_stream import Draw, TaskStream
@@ -52,7 +53,7 @@ class PromptMaker:
 
     def seed(self, draw: Draw) -> int:
         """The prompt seed of a draw (which examples are shown, in which order)."""
-        return self._seed * 1_000_003 + draw.index
+        return seeds.prompt(self._seed, draw.index)
 
     def render(self, task: data.Task, seed: int) -> str:
         return prompts.render_prompt(task, self._prompt_config, tokenizer=self._tokenizer,

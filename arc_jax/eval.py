@@ -28,7 +28,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from arc_jax import data, episode, prompts, rewards, session, submission
+from arc_jax import data, episode, prompts, rewards, seeds, session, submission
 from arc_jax.config import ConfigError
 from arc_jax.execution import ExecutionPool
 from arc_jax.model import LoraParam
@@ -150,7 +150,7 @@ def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task
     for i, task_id in enumerate(sorted(tasks)):
         augmentation = data.Augmentation.identity()
         if r:
-            rng = np.random.default_rng([config.seed, 7919, r, i])
+            rng = seeds.eval_augmentation(config.seed, r, i)
             augmentation = data.Augmentation.sample(rng, config.augment.change_background_probability)
         draws.append(Draw(i, r, augmentation.apply_task(tasks[task_id]), augmentation))
     return draws
@@ -172,8 +172,8 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
             lines = done[r]
         else:
             draws = round_draws(config, tasks, r)
-            prompt_ids = [maker(d.task, seed=config.seed * 1_000_003 + d.index) for d in draws]
-            sampling = session.sampling_params(config, stop_ids, seed=config.seed + 104_729 * r)
+            prompt_ids = [maker(d.task, seed=maker.seed(d)) for d in draws]
+            sampling = session.sampling_params(config, stop_ids, seed=seeds.eval_sampling(config.seed, r))
             begin = time.perf_counter()
             groups = engine.generate(prompt_ids, e.n_predictions // e.rounds, sampling)
             sample_s = time.perf_counter() - begin

@@ -2,7 +2,7 @@
 
 Epochs over the task ids, each in a fresh seeded order. Every draw is a pure function of
 (seed, draw index): the task comes from the epoch's permutation and the augmentation from
-`default_rng([seed, draw])`. The only state is the draw index, so a checkpoint stores one
+`seeds.training_augmentation(seed, draw)`. The only state is the draw index, so a checkpoint stores one
 integer and a resumed run sees exactly the draws an uninterrupted run would have seen.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 
+from arc_jax import seeds
 from arc_jax.data import Augmentation, Task
 
 
@@ -43,11 +43,11 @@ class TaskStream:
 
     def draw(self, index: int) -> Draw:
         epoch, offset = divmod(index, len(self._ids))
-        order = np.random.default_rng([self._seed, epoch]).permutation(len(self._ids))
+        order = seeds.task_order(self._seed, epoch).permutation(len(self._ids))
         task = self._tasks[self._ids[order[offset]]]
         augmentation = Augmentation.identity()
         if self._augment:
-            rng = np.random.default_rng([self._seed, 1_000_003, index])
+            rng = seeds.training_augmentation(self._seed, index)
             augmentation = Augmentation.sample(rng, self._change_background_probability)
         return Draw(index, epoch, augmentation.apply_task(task), augmentation)
 

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 from absl import logging
 from flax import nnx
 
+from arc_jax import seeds
 from arc_jax.errors import UserError
 from arc_jax.model import Llama, LoraParam, save_peft_adapter
 from arc_jax.rollout.interface import VLLM_LORA_RANKS, Completion, SamplingParams
@@ -394,7 +395,7 @@ class VLLMEngine:
     def _generate(self, prompts: list[list[int]], n: int,
                   sampling: SamplingParams) -> list[list[Completion]]:
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(31)
-        payloads = [self._payload(p, n, sampling, (seed * 1_000_003 + i) % 2**31)
+        payloads = [self._payload(p, n, sampling, seeds.request_seed(seed, i))
                     for i, p in enumerate(prompts)]
         workers = max(1, min(self.config.max_concurrent_requests, len(payloads)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -33,6 +33,7 @@ from flax import nnx
 from arc_jax import data
 from arc_jax import distributed
 from arc_jax import prompts
+from arc_jax import seeds
 from arc_jax import session
 from arc_jax import episode
 from arc_jax.episode import Group, PromptMaker, sample_and_score
@@ -178,7 +179,7 @@ def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptM
     """Samples n completions for each (unaugmented) task; returns the solve statistics."""
     ids = sorted(tasks)
     draws = [Draw(i, 0, tasks[task_id], data.Augmentation.identity()) for i, task_id in enumerate(ids)]
-    prompt_ids = [make_prompt(d.task, seed=d.index) for d in draws]
+    prompt_ids = [make_prompt(d.task, seed=make_prompt.seed(d)) for d in draws]
     groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk,
                                     progress=True)
     per_task = {g.draw.task.id: float(np.mean([r.solved for r in g.records])) for g in groups}
@@ -313,7 +314,7 @@ class _Trainer:
         step_begin = time.perf_counter()
         draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
         self.skipped_prompts += skipped
-        sampling = session.sampling_params(config, self.eos_ids, seed=config.seed * 1_000_003 + step)
+        sampling = session.sampling_params(config, self.eos_ids, seed=seeds.step_sampling(config.seed, step))
         groups, rollout_s, reward_s = sample_and_score(
             self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
             config.reward_name, config.sampler.max_prompts_per_batch)
@@ -377,7 +378,7 @@ class _Trainer:
             return json.loads(path.read_text())
         print(f"evaluating the policy {name} RL: {len(self.tasks)} tasks x "
               f"{self.config.eval.num_samples} samples", flush=True)
-        sampling = session.sampling_params(self.config, self.eos_ids, seed=self.config.seed + 7)
+        sampling = session.sampling_params(self.config, self.eos_ids, seed=seeds.solve_rate_sampling(self.config.seed))
         result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
                              self.config.eval.num_samples, sampling, self.config.reward_name,
                              self.config.sampler.max_prompts_per_batch)

@@ -110,6 +110,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.vespo_k_neg = 3.0
     config.vespo_lambda_neg = 2.0
     config.off_policy_mask_threshold = ml_collections.config_dict.placeholder(float)
+    config.top_entropy_quantile = 1.0  # < 1: policy loss on the high-entropy tokens only (TRL)
     config.bnpo_scope = "batch"  # or "micro_batch": TRL's mean of micro-batch token means
     config.importance_sampling_correction = False  # TRL's vllm_importance_sampling_correction
     config.importance_sampling_mode = "token_truncate"

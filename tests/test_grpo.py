@@ -565,3 +565,32 @@ def test_trl_1_16_defaults_and_every_loss_field_reach_the_loss_config():
             new.max_completion_length) == (True, True, "sequence_mask", 3.0, 512)
     reference = session.loss_config(barc_8b_grpo.get_config())
     assert (reference.loss_type, reference.bnpo_scope) == ("bnpo", "micro_batch")
+
+
+def test_high_entropy_mask_keeps_tokens_at_or_above_the_quantile():
+    entropies = jnp.array([[1.0, 2.0, 3.0, 4.0], [5.0, 9.0, 9.0, 9.0]])
+    mask = jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])  # 9s are padding
+    # completion entropies 1..5: the 0.8 quantile is 4.2 (position 3.2), the 0.5 quantile 3
+    np.testing.assert_array_equal(grpo.high_entropy_mask(entropies, mask, 0.8),
+                                  [[False, False, False, False], [True, False, False, False]])
+    np.testing.assert_array_equal(grpo.high_entropy_mask(entropies, mask, 0.5),
+                                  [[False, False, True, True], [True, False, False, False]])
+    np.testing.assert_array_equal(grpo.high_entropy_mask(entropies, mask, 0.0), mask > 0)
+    assert not grpo.high_entropy_mask(entropies, jnp.zeros_like(mask), 0.5).any()
+
+
+def test_top_entropy_quantile_removes_the_policy_loss_of_low_entropy_tokens():
+    # one sequence, A = 1, ratio 1: each token's clipped loss is -1; rho = 0.5 keeps the two
+    # tokens of highest entropy (quantile 0.5 of 1, 2, 3, 4 is 2.5), so the dapo loss is -2 / 4
+    logprobs = jnp.zeros((1, 4))
+    config = GRPOLossConfig(loss_type="dapo", top_entropy_quantile=0.5)
+    mask = jnp.ones((1, 4))
+    loss, metrics = grpo.grpo_loss(logprobs, logprobs, jnp.ones(1), mask,
+                                   grpo.batch_normaliser(mask), config,
+                                   entropies=jnp.array([[3.0, 1.0, 4.0, 2.0]]))
+    assert float(loss) == pytest.approx(-0.5)
+    assert float(metrics["entropy_mask/kept_fraction"]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs the entropies"):
+        grpo.grpo_loss(logprobs, logprobs, jnp.ones(1), mask, grpo.batch_normaliser(mask), config)
+    with pytest.raises(ValueError, match="top_entropy_quantile must be in"):
+        GRPOLossConfig(top_entropy_quantile=1.5)

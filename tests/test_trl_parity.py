@@ -13,6 +13,8 @@ agree for equal-sized micro-batches.
 """
 
 import collections
+import dataclasses
+import functools
 import math
 import types
 
@@ -39,6 +41,7 @@ def tensors(seed=0):
                 ref=logprobs + rng.normal(0.0, 0.5, (B, T)),
                 sampler=logprobs + rng.normal(0.0, 0.2, (B, T)),
                 advantages=np.array([1.2, -0.4, -0.8, 0.5, 0.0, -0.5]),
+                entropies=rng.uniform(0.0, 4.0, (B, T)),
                 mask=mask)
 
 
@@ -71,13 +74,15 @@ def trl_loss(config: GRPOLossConfig, t: dict, micro_batches: int = 1, batch_toke
         steps_per_generation=micro_batches)
     one_process = types.SimpleNamespace(
         num_processes=1, sync_gradients=True, gather=lambda x: x,
-        gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x)
+        gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x,
+        pad_across_processes=lambda x, dim, pad_index: x)
     trainer = types.SimpleNamespace(
         args=args, accelerator=one_process, model=types.SimpleNamespace(training=True),
         loss_type=config.loss_type, beta=config.beta, epsilon_low=config.epsilon,
         epsilon_high=config.clip_range[1] - 1.0,
         importance_sampling_level=config.importance_sampling_level,
-        top_entropy_quantile=1.0, off_policy_mask_threshold=config.off_policy_mask_threshold,
+        top_entropy_quantile=config.top_entropy_quantile,
+        off_policy_mask_threshold=config.off_policy_mask_threshold,
         use_vllm=corrected, vllm_importance_sampling_correction=corrected,
         current_gradient_accumulation_steps=micro_batches,
         max_completion_length=config.max_completion_length,
@@ -85,8 +90,9 @@ def trl_loss(config: GRPOLossConfig, t: dict, micro_batches: int = 1, batch_toke
         _metrics={"train": collections.defaultdict(list)},
         get_off_policy_mask=GRPOTrainer.get_off_policy_mask,
         get_gamma_weights=GRPOTrainer.get_gamma_weights,
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, torch.zeros_like(logprobs),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, as_torch["entropies"],
                                                              None))
+    trainer.get_high_entropy_mask = functools.partial(GRPOTrainer.get_high_entropy_mask, trainer)
     inputs = {
         "prompt_ids": torch.zeros((len(mask), 1), dtype=torch.long),
         "prompt_mask": torch.ones((len(mask), 1), dtype=torch.long),
@@ -114,7 +120,8 @@ def our_loss(config: GRPOLossConfig, t: dict, normaliser=None):
         return grpo.grpo_loss(
             logprobs, f32["old"], f32["advantages"], mask, normaliser, config,
             ref_logprobs=f32["ref"] if config.beta else None,
-            sampler_logprobs=f32["sampler"] if config.importance_sampling_correction else None)
+            sampler_logprobs=f32["sampler"] if config.importance_sampling_correction else None,
+            entropies=f32["entropies"] if config.top_entropy_quantile < 1 else None)
 
     (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(f32["logprobs"])
     return float(loss), np.asarray(grad), {k: float(v) for k, v in metrics.items()}
@@ -163,6 +170,15 @@ def test_off_policy_mask_equals_trls(loss_type, corrected):
     config = GRPOLossConfig(loss_type=loss_type, off_policy_mask_threshold=0.05,
                             importance_sampling_correction=corrected, epsilon_high=0.28)
     assert_same(config)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.2, 0.5, 0.8])
+@pytest.mark.parametrize("loss_type, beta", [("dapo", 0.0), ("grpo", 0.04), ("cispo", 0.0)])
+def test_top_entropy_quantile_equals_trls(quantile, loss_type, beta):
+    config = GRPOLossConfig(loss_type=loss_type, beta=beta, top_entropy_quantile=quantile,
+                            epsilon_high=1.2 if loss_type == "cispo" else 0.28)
+    assert_same(config)
+    assert_same(dataclasses.replace(config, importance_sampling_correction=True), seed=2)
 
 
 def test_delta_and_sapo_temperatures_equal_trls():

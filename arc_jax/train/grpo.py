@@ -81,6 +81,10 @@ class GRPOLossConfig:
     off_policy_mask_threshold: if set, drop sequences with A < 0 whose mean (sampler - current)
       log-prob exceeds it (DeepSeek-V3.2's off-policy sequence mask).
     delta: if set, the unclipped ratio is also capped at delta (INTELLECT-2 two-sided clipping).
+    top_entropy_quantile: rho in [0, 1]; below 1, only the tokens whose entropy is at least
+      the (1 - rho) quantile of the micro-batch's completion tokens keep their policy loss
+      (TRL's entropy mask, "80/20": the high-entropy forking tokens); the KL term is kept on
+      every token and the normaliser is unchanged, as in TRL.
     scale_rewards: advantage scaling, "group", "batch" or "none" (see `group_advantages`).
     mask_truncated_completions: remove the loss of completions that never emit EOS.
     max_completion_length: the per-sequence denominator of `dr_grpo`.
@@ -107,6 +111,7 @@ class GRPOLossConfig:
     vespo_k_neg: float = 3.0
     vespo_lambda_neg: float = 2.0
     off_policy_mask_threshold: float | None = None
+    top_entropy_quantile: float = 1.0
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
     max_completion_length: int = 256
@@ -131,6 +136,9 @@ class GRPOLossConfig:
         if self.epsilon_high is not None and self.epsilon_high < 0:
             raise ValueError(
                 f"GRPOLossConfig.epsilon_high must be >= 0 or None, got {self.epsilon_high}")
+        if not 0 <= self.top_entropy_quantile <= 1:
+            raise ValueError("GRPOLossConfig.top_entropy_quantile must be in [0, 1], got "
+                             f"{self.top_entropy_quantile}")
         if self.delta is not None and self.delta <= 1:
             raise ValueError(f"GRPOLossConfig.delta must be > 1 or None, got {self.delta}")
         for name in ("sapo_temperature_pos", "sapo_temperature_neg", "vespo_lambda_pos",
@@ -283,13 +291,14 @@ def batch_normaliser(mask: jax.Array, num_micro_batches: int = 1) -> Normaliser:
 
 
 def _check_inputs(logprobs, old_logprobs, advantages, mask, config, ref_logprobs,
-                  sampler_logprobs) -> None:
+                  sampler_logprobs, entropies) -> None:
     """Raise a ValueError naming the tensor or option that does not fit."""
     if logprobs.ndim != 2:
         raise ValueError(f"logprobs must have shape [B, T], got {list(logprobs.shape)}")
     shape = logprobs.shape
     for name, x in (("old_logprobs", old_logprobs), ("mask", mask),
-                    ("ref_logprobs", ref_logprobs), ("sampler_logprobs", sampler_logprobs)):
+                    ("ref_logprobs", ref_logprobs), ("sampler_logprobs", sampler_logprobs),
+                    ("entropies", entropies)):
         if x is not None and x.shape != shape:
             raise ValueError(f"{name} must have the shape of logprobs {list(shape)}, "
                              f"got {list(x.shape)}")
@@ -307,6 +316,9 @@ def _check_inputs(logprobs, old_logprobs, advantages, mask, config, ref_logprobs
                          "log-probs of the completion tokens)")
     if not config.importance_sampling_correction and sampler_logprobs is not None:
         raise ValueError("sampler_logprobs were given but importance_sampling_correction is off")
+    if config.top_entropy_quantile < 1 and entropies is None:
+        raise ValueError(f"top_entropy_quantile={config.top_entropy_quantile} needs the "
+                         "entropies of the completion tokens")
     if config.loss_type == "dr_grpo" and shape[1] > config.max_completion_length:
         raise ValueError(f"completions have {shape[1]} tokens, more than "
                          f"max_completion_length={config.max_completion_length} (dr_grpo's "
@@ -372,22 +384,39 @@ def off_policy_mask(logprobs: jax.Array, sampling_logprobs: jax.Array, advantage
     return ((advantages >= 0) | (mean_gap <= threshold)).astype(jnp.float32)
 
 
+def high_entropy_mask(entropies: jax.Array, mask: jax.Array, quantile: float) -> jax.Array:
+    """[B, T] bool: completion tokens (mask) whose entropy is at least the `quantile` quantile
+    (linear interpolation, as `torch.quantile`) of the completion tokens' entropies; all False
+    when there is no completion token."""
+    valid = mask > 0
+    count = valid.sum()
+    ordered = jnp.sort(jnp.where(valid, entropies, jnp.inf).reshape(-1))      # valid ones first
+    position = quantile * (jnp.maximum(count, 1) - 1).astype(jnp.float32)
+    below = jnp.floor(position).astype(jnp.int32)
+    above = jnp.minimum(below + 1, jnp.maximum(count - 1, 0))
+    low, high = ordered[below], ordered[above]
+    threshold = low + (position - below) * jnp.where(above > below, high - low, 0.0)
+    return valid & (entropies >= threshold) & (count > 0)
+
+
 def per_token_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
                    mask: jax.Array, config: GRPOLossConfig, *,
                    ref_logprobs: jax.Array | None = None,
-                   sampler_logprobs: jax.Array | None = None
+                   sampler_logprobs: jax.Array | None = None,
+                   entropies: jax.Array | None = None
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Unmasked per-token loss L [B, T] and the per-token terms that the metrics need.
 
     With w = exp(log_importance_weights) (capped at delta if set, for the clipped objective):
     the clipped objective L = -min(w A, clip(w, 1 - eps, 1 + eps_high) A); cispo, sapo and
     vespo as in `GRPOLossConfig`. Then, in TRL's order: the off-policy sequence mask, the
-    importance-sampling weight (folded into phi for vespo), and beta * k3 with
+    entropy mask (top_entropy_quantile < 1; entropies [B, T] of the policy's distributions),
+    the importance-sampling weight (folded into phi for vespo), and beta * k3 with
     k3 = exp(ref - logprobs) - (ref - logprobs) - 1 (times w with use_bias_correction_kl).
     Gradients flow only through logprobs (and through w).
     """
     _check_inputs(logprobs, old_logprobs, advantages, mask, config, ref_logprobs,
-                  sampler_logprobs)
+                  sampler_logprobs, entropies)
     logprobs = logprobs.astype(jnp.float32)
     old_logprobs = jax.lax.stop_gradient(old_logprobs.astype(jnp.float32))
     advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]  # [B, 1]
@@ -425,6 +454,11 @@ def per_token_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax
         sampling = old_logprobs if sampler_logprobs is None else sampler_logprobs
         loss = loss * off_policy_mask(logprobs, sampling, advantages, mask,
                                       config.off_policy_mask_threshold)
+    if config.top_entropy_quantile < 1:
+        entropies = jax.lax.stop_gradient(entropies.astype(jnp.float32))
+        kept = high_entropy_mask(entropies, mask, 1.0 - config.top_entropy_quantile)
+        loss = loss * kept
+        terms["entropy_kept"] = kept
     if weight is not None and config.loss_type != "vespo":
         loss = loss * weight
 
@@ -461,6 +495,7 @@ def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array, normaliser: No
 
     Names: `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean` (clipped
     objectives), `cispo_clip_ratio`, `vespo/phi_seq_mean`, `kl` (beta != 0),
+    `entropy_mask/kept_fraction` (top_entropy_quantile < 1: the share of tokens with a policy loss),
     `sampling/importance_sampling_ratio/{min,mean,max}` and
     `sampling/sampling_logp_difference/{mean,max}` (importance sampling on). A term with one
     value per sequence (sequence-level ratios, vespo's phi) is averaged over sequences.
@@ -491,6 +526,8 @@ def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array, normaliser: No
         metrics["vespo/phi_seq_mean"] = token_mean(terms["vespo_phi"], per_sequence=True)
     if "kl" in terms:
         metrics["kl"] = token_mean(terms["kl"])
+    if "entropy_kept" in terms:
+        metrics["entropy_mask/kept_fraction"] = token_mean(terms["entropy_kept"])
     if "importance_sampling_ratio" in terms:
         ratio = terms["importance_sampling_ratio"]
         prefix = "sampling/importance_sampling_ratio/"
@@ -510,7 +547,8 @@ def loss_metrics(terms: Mapping[str, jax.Array], mask: jax.Array, normaliser: No
 def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
               mask: jax.Array, normaliser: Normaliser, config: GRPOLossConfig, *,
               ref_logprobs: jax.Array | None = None,
-              sampler_logprobs: jax.Array | None = None
+              sampler_logprobs: jax.Array | None = None,
+              entropies: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss and metrics of one micro-batch (or of the whole batch).
 
@@ -518,11 +556,14 @@ def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Arra
     the only input gradients flow through. old_logprobs [B, T]: the same under the policy that
     generated the batch. advantages [B], mask [B, T] (float). normaliser: `batch_normaliser` of
     the whole batch. ref_logprobs [B, T]: required iff config.beta != 0. sampler_logprobs [B, T]:
-    required iff config.importance_sampling_correction.
+    required iff config.importance_sampling_correction. entropies [B, T]: required iff
+    config.top_entropy_quantile < 1 (the quantile is taken over this call's tokens, as TRL
+    takes it per micro-batch).
     """
     mask = jnp.asarray(mask, jnp.float32)
     loss, terms = per_token_loss(logprobs, old_logprobs, advantages, mask, config,
-                                 ref_logprobs=ref_logprobs, sampler_logprobs=sampler_logprobs)
+                                 ref_logprobs=ref_logprobs, sampler_logprobs=sampler_logprobs,
+                                 entropies=entropies)
     return aggregate(loss, mask, normaliser, config), loss_metrics(terms, mask, normaliser, config)
 
 

@@ -277,11 +277,12 @@ def micro_batch_loss(lora: dict, base: dict, batch: GroupBatch, normaliser: grpo
         return None if x is None else jnp.reshape(x, (-1, x.shape[-1]))
 
     mask = rows(batch.completion_mask).astype(jnp.float32)
+    entropy = jax.lax.stop_gradient(rows(entropy))
     loss, metrics = grpo.grpo_loss(rows(logprobs), jax.lax.stop_gradient(rows(old)),
                                    batch.advantages.reshape(-1), mask, normaliser, loss_config,
                                    ref_logprobs=rows(ref),
-                                   sampler_logprobs=rows(batch.sampler_logprobs))
-    entropy = jax.lax.stop_gradient(rows(entropy))
+                                   sampler_logprobs=rows(batch.sampler_logprobs),
+                                   entropies=entropy if loss_config.top_entropy_quantile < 1 else None)
     metrics["entropy"] = (entropy * mask).sum() / normaliser.num_tokens
     return loss, metrics
 

@@ -15,6 +15,7 @@ import ml_collections
 
 from arc_jax.errors import UserError
 from arc_jax.execution import ExecutionMemoryError, check_machine_memory
+from arc_jax.rewards.schemes import SCHEMES
 from arc_jax.rollout.interface import ENGINES, VLLM_LORA_RANKS
 
 
@@ -161,7 +162,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
 
     # Rewards and program execution.
-    config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score" or "arc-v0"
+    config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score", "arc-v0" or "arc-unseen"
     config.execution = ml_collections.ConfigDict()
     config.execution.timeout_s = 1.0  # CPU seconds per program, all inputs (the reference: 1 s per task)
     config.execution.wall_timeout_s = 0.0  # wall-clock backstop (sleeping programs); 0: 5 x timeout_s
@@ -293,6 +294,7 @@ _RULES = (
      "'auto', 'xla' or 'pallas'"),
     ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("rollout.engine", lambda v, c: v in ENGINES, f"one of {list(ENGINES)}"),
+    ("reward_name", lambda v, c: v in SCHEMES, f"one of {sorted(SCHEMES)}"),
     ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,
      "0 (a free port) or a TCP port"),

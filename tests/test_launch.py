@@ -170,6 +170,8 @@ BAD_SETTINGS = [
     ("max_completion_length", 1024, "config.max_completion_length=1024: expected an integer >= 1 "
                                     "and below max_seq_length"),
     ("top_p", 0.0, "config.top_p=0.0: expected a number in (0, 1]"),
+    ("reward_name", "arc-v9", "config.reward_name='arc-v9': expected one of ['arc-unseen',"),
+    ("top_entropy_quantile", 1.5, "config.top_entropy_quantile must be in [0, 1], got 1.5"),
     ("sampler.max_prompts_per_batch", 3, "config.sampler.max_prompts_per_batch=3: expected a "
                                          "power of two"),
     ("execution.timeout_s", float("inf"), "config.execution.timeout_s=inf: expected a number of seconds"),
@@ -251,3 +253,15 @@ def test_every_user_error_is_one_family():
     # and each keeps its builtin base for library callers
     assert issubclass(TaskFormatError, ValueError) and issubclass(UpdateMemoryError, MemoryError)
     assert issubclass(VLLMError, RuntimeError)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (_ROOT / "configs").glob("*.py")
+                                        if p.stem != "__init__"))
+def test_every_config_file_loads_and_validates(name):
+    import importlib
+
+    from arc_jax.config import validate
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    validate(config)
+    assert config.mode in ("train", "eval", "dry_run")

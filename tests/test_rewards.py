@@ -186,6 +186,38 @@ def test_score_completions_on_a_group(pool):
     assert flip.fingerprint != identity.fingerprint
 
 
+# Copies the prompt: the shown train output for a shown train input, the input otherwise.
+LOOKUP = """```python
+import numpy as np
+
+SHOWN = [([[1, 2, 0]], [[0, 2, 1]]), ([[3, 0], [0, 4]], [[0, 3], [4, 0]])]
+
+def transform(input_grid):
+    for shown_input, shown_output in SHOWN:
+        if np.array_equal(input_grid, shown_input):
+            return np.array(shown_output)
+    return input_grid
+```"""
+
+
+def test_copying_the_prompt_earns_no_more_than_the_identity_under_arc_unseen(pool):
+    lookup, identity, flip = score_completions(pool, [LOOKUP, IDENTITY, FLIP], FLIP_TASK,
+                                               scheme="arc-unseen")
+    # Test grid [[5, 6], [7, 8]] vs [[6, 5], [8, 7]]: both the lookup and the identity get
+    # 0 of 4 pixels, so 1 + 8 * 0 + 0; the flip gets every unseen grid: 1 + 8 + 1.
+    assert lookup.reward == identity.reward == 1.0
+    assert flip.reward == 10.0
+    assert lookup.shown_only and not identity.shown_only and not flip.shown_only
+    # Under the reference scheme the lookup earns 1 + 8 * 2/3 + (1 + 1 + 0) / 3 = 7.33.
+    [reference] = score_completions(pool, [LOOKUP], FLIP_TASK, scheme="arc-v1")
+    assert reference.reward == pytest.approx(1 + 16 / 3 + 2 / 3)
+
+
+def test_arc_unseen_gives_a_valid_prediction_1_when_the_test_outputs_are_hidden(pool):
+    [flip] = score_completions(pool, [FLIP], HIDDEN_TASK, scheme="arc-unseen")
+    assert flip.valid and flip.reward == 1.0 and not flip.shown_only
+
+
 def test_score_completions_with_augmentation_runs_augmented_inputs(pool):
     # A left-right flip commutes with recolouring and with a left-right flip, so the flip
     # program solves the augmented task and its reverted outputs match the original task.

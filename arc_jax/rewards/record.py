@@ -48,3 +48,11 @@ class CompletionRecord:
         known (a task with hidden test outputs is judged on its train pairs). The one definition
         behind `solved_ratio`, solve rates and the demo's counts."""
         return self.valid and self.train.is_correct and (self.test is None or self.test.is_correct)
+
+    @property
+    def shown_only(self) -> bool:
+        """Valid, every train grid right (the pairs the prompt shows) but some test grid wrong:
+        what a program that copies the prompt's outputs achieves (None-free: False when the
+        test outputs are hidden)."""
+        return (self.valid and self.train.is_correct and self.test is not None
+                and not self.test.is_correct)

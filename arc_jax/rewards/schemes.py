@@ -11,6 +11,15 @@ and gives fixed values to completions without code and to code that fails.
 | `arc-v0`                | -1      | 0          | 1 + 8 cg + px    | [-1, 10] |
 | `arc-v1` (default)      | 0       | 0          | 1 + 8 cg + px    | [0, 10]  |
 | `arc-v2-no-pixel-score` | 0       | 0          | 1 + 9 cg         | [0, 10]  |
+| `arc-unseen`            | 0       | 0          | 1 + 8 cg' + px'  | [0, 10]  |
+
+`arc-unseen` grades only the grids whose outputs the prompt does not show: cg' and px' are
+taken over the test grids alone (the prompt shows every train pair, but only the test
+inputs). The reference schemes pool the train grids too, and those can be copied from the
+prompt: a program that returns the shown output when its input is a shown train input, and
+its input otherwise, solves nothing yet scores about 7.8 of 10 under `arc-v1` on ARC tasks;
+under `arc-unseen` it scores what the identity scores. With hidden test outputs nothing is
+graded and a valid prediction gets 1.
 
 `arc-v0` is arc25's reward of Sept 19-25 2025 (its "new reward" of Iteration 24), `arc-v1`
 its default from Sept 25 and `arc-v2-no-pixel-score` the one from Oct 5. A reward of 10
@@ -32,12 +41,15 @@ class RewardScheme:
     invalid: float  # code that fails: error, timeout, or an invalid output
     grids_weight: float
     pixel_weight: float
+    unseen_only: bool = False  # grade only the grids the prompt does not show (the test)
 
 
 SCHEMES: dict[str, RewardScheme] = {
     "arc-v0": RewardScheme(no_code=-1.0, invalid=0.0, grids_weight=8.0, pixel_weight=1.0),
     "arc-v1": RewardScheme(no_code=0.0, invalid=0.0, grids_weight=8.0, pixel_weight=1.0),
     "arc-v2-no-pixel-score": RewardScheme(no_code=0.0, invalid=0.0, grids_weight=9.0, pixel_weight=0.0),
+    "arc-unseen": RewardScheme(no_code=0.0, invalid=0.0, grids_weight=8.0, pixel_weight=1.0,
+                               unseen_only=True),
 }
 DEFAULT_SCHEME = "arc-v1"
 
@@ -70,7 +82,12 @@ def reward(
         return weights.no_code
     if not valid:
         return weights.invalid
-    correct_grids, pixel_score = pooled_scores(train, test)
+    if weights.unseen_only:
+        if test is None:
+            return 1.0
+        correct_grids, pixel_score = test.correct_grids, test.pixel_score
+    else:
+        correct_grids, pixel_score = pooled_scores(train, test)
     return 1.0 + weights.grids_weight * correct_grids + weights.pixel_weight * pixel_score
 
 

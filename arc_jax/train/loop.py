@@ -152,6 +152,8 @@ def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]
         "reward/mean": float(values.mean()), "reward/std": float(values.std()),
         "reward/min": float(values.min()), "reward/max": float(values.max()),
         "solved_ratio": float(np.mean([r.solved for r in records])),
+        # right on every shown train pair, wrong on an unseen test grid: copying the prompt
+        "shown_only_ratio": float(np.mean([r.shown_only for r in records])),
         "valid_code_ratio": float(np.mean([r.parsed for r in records])),
         "valid_outputs_ratio": float(np.mean([r.valid for r in records])),
         "completions/mean_length": float(lengths.mean()),

@@ -113,6 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.off_policy_mask_threshold = ml_collections.config_dict.placeholder(float)
     config.top_entropy_quantile = 1.0  # < 1: policy loss on the high-entropy tokens only (TRL)
     config.bnpo_scope = "batch"  # or "micro_batch": TRL's mean of micro-batch token means
+    config.soft_punish_cache = 0  # > 0: DAPO's soft overlong punishment over the last N tokens
     config.importance_sampling_correction = False  # TRL's vllm_importance_sampling_correction
     config.importance_sampling_mode = "token_truncate"
     config.importance_sampling_cap = 2.0  # TRL 1.16: vllm_importance_sampling_clip_max

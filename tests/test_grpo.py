@@ -594,3 +594,17 @@ def test_top_entropy_quantile_removes_the_policy_loss_of_low_entropy_tokens():
         grpo.grpo_loss(logprobs, logprobs, jnp.ones(1), mask, grpo.batch_normaliser(mask), config)
     with pytest.raises(ValueError, match="top_entropy_quantile must be in"):
         GRPOLossConfig(top_entropy_quantile=1.5)
+
+
+def test_soft_overlong_penalty_by_hand_and_as_trls():
+    # max 10 tokens, cache 4: free up to 6, then -1/4 per token, -1 at 10 and beyond
+    lengths = np.array([1, 6, 7, 9, 10, 11])
+    expected = [0.0, 0.0, -0.25, -0.75, -1.0, -1.0]
+    np.testing.assert_allclose(grpo.soft_overlong_penalty(lengths, 10, 4), expected)
+    np.testing.assert_array_equal(grpo.soft_overlong_penalty(lengths, 10, 0), np.zeros(6))
+    from trl.rewards import get_soft_overlong_punishment
+
+    trl = get_soft_overlong_punishment(max_completion_len=10, soft_punish_cache=4)
+    np.testing.assert_allclose(trl(completion_ids=[[0] * n for n in lengths]), expected)
+    with pytest.raises(ValueError, match="soft_punish_cache must be in"):
+        GRPOLossConfig(max_completion_length=10, soft_punish_cache=11)

@@ -16,8 +16,9 @@ PAD, EOT = 0, 9
 
 
 class _Record:
-    def __init__(self, reward, parsed=True, valid=True, solved=False):
+    def __init__(self, reward, parsed=True, valid=True, solved=False, shown_only=False):
         self.reward, self.parsed, self.valid, self.solved = reward, parsed, valid, solved
+        self.shown_only = shown_only
 
 
 def _completion(tokens, finished=True):
@@ -30,7 +31,7 @@ def _groups():
         episode.Group(None, [1, 2, 3], [_completion([5, EOT]), _completion([6, 7, 8], finished=False)],
                    [_Record(10.0, solved=True), _Record(0.0, valid=False)]),
         episode.Group(None, [1, 2], [_completion([4, 4, EOT]), _completion([EOT])],
-                   [_Record(2.0), _Record(2.0)]),
+                   [_Record(2.0, shown_only=True), _Record(2.0)]),
     ]
 
 
@@ -54,11 +55,24 @@ def test_group_batch_pads_masks_and_centres_rewards():
     np.testing.assert_array_equal(batch.sampler_logprobs[1, 0], [-0.25, -0.25, -0.25, 0.0])
 
 
+def test_soft_overlong_penalty_shapes_the_rewards_before_the_advantages():
+    # max 3 tokens, the last 2 penalised: lengths (2, 3) and (3, 1) get (-0.5, -1) and (-1, 0),
+    # so rewards (10, 0), (2, 2) become (9.5, -1), (1, 2): centred by 4.25 and 1.5.
+    loss = grpo.GRPOLossConfig(scale_rewards="none", max_completion_length=3, soft_punish_cache=2)
+    batch, stats = loop.group_batch(_groups(), pad_id=PAD, eos_ids=(EOT,), loss=loss,
+                                    buckets=PromptBuckets(minimum=4),
+                                    completion_buckets=PromptBuckets(minimum=4, bits=0, maximum=4))
+    np.testing.assert_allclose(batch.advantages, [[5.25, -5.25], [-0.5, 0.5]])
+    assert stats["reward/overlong_penalty"] == pytest.approx(-2.5 / 4)
+    assert stats["frac_reward_zero_std"] == 0.0
+
+
 def test_rollout_metrics_by_hand():
     metrics = loop.rollout_metrics(_groups())
     assert metrics["reward/mean"] == pytest.approx(14.0 / 4)
     assert metrics["reward/min"] == 0.0 and metrics["reward/max"] == 10.0
     assert metrics["solved_ratio"] == pytest.approx(0.25)
+    assert metrics["shown_only_ratio"] == pytest.approx(0.25)
     assert metrics["valid_outputs_ratio"] == pytest.approx(0.75)
     assert metrics["truncated_ratio"] == pytest.approx(0.25)
     assert metrics["completions/mean_length"] == pytest.approx((2 + 3 + 3 + 1) / 4)

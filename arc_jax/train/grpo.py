@@ -95,6 +95,9 @@ class GRPOLossConfig:
     importance_sampling_cap, importance_sampling_min: the ratio's bounds (TRL's
       `vllm_importance_sampling_cap` / `_clip_max` and `_clip_min`); None means no lower bound.
     bnpo_scope: "batch" (exact batch token mean) or "micro_batch" (TRL's per-micro-batch mean).
+    soft_punish_cache: DAPO's soft overlong punishment (TRL's `get_soft_overlong_punishment`),
+      added to the rewards before the advantages: 0 up to max_completion_length - cache
+      tokens, then falling linearly to -1 at max_completion_length. 0 = off.
     """
 
     loss_type: str = "dapo"
@@ -120,6 +123,7 @@ class GRPOLossConfig:
     importance_sampling_cap: float = 2.0
     importance_sampling_min: float | None = None
     bnpo_scope: str = "batch"
+    soft_punish_cache: int = 0
 
     def __post_init__(self):
         for name, allowed in (("loss_type", LOSS_TYPES), ("scale_rewards", SCALE_REWARDS),
@@ -145,6 +149,10 @@ class GRPOLossConfig:
                      "vespo_lambda_neg"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"GRPOLossConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.soft_punish_cache <= self.max_completion_length:
+            raise ValueError("GRPOLossConfig.soft_punish_cache must be in [0, "
+                             f"max_completion_length={self.max_completion_length}], got "
+                             f"{self.soft_punish_cache}")
         if self.max_completion_length < 1:
             raise ValueError("GRPOLossConfig.max_completion_length must be >= 1, got "
                              f"{self.max_completion_length}")
@@ -178,6 +186,19 @@ def _nan_mean_std(x: jax.Array, axis=None) -> tuple[jax.Array, jax.Array]:
     squares = jnp.where(valid, centred**2, 0.0).sum(axis)
     std = jnp.where(count > 1, jnp.sqrt(squares / jnp.maximum(count - 1, 1)), 0.0)
     return mean, std
+
+
+def soft_overlong_penalty(lengths: np.ndarray, max_completion_length: int, cache: int
+                          ) -> np.ndarray:
+    """DAPO's soft overlong punishment of completions of `lengths` tokens [N]: 0 up to
+    max_completion_length - cache, (max_completion_length - cache - L) / cache above it, -1
+    beyond max_completion_length; all 0 when cache is 0."""
+    lengths = np.asarray(lengths, np.float64)
+    if cache == 0:
+        return np.zeros_like(lengths)
+    start = max_completion_length - cache
+    return np.where(lengths > max_completion_length, -1.0,
+                    np.minimum(0.0, (start - lengths) / cache))
 
 
 def group_advantages(rewards: jax.Array, num_generations: int,

@@ -112,8 +112,13 @@ def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
     the loss does not use them."""
     num_prompts, group = len(groups), len(groups[0].completions)
     rewards_ = np.array([[r.reward for r in g.records] for g in groups], np.float32)  # [P, G]
-    advantages, reward_stats = grpo.group_advantages(rewards_.reshape(-1), group,
+    lengths = np.array([[len(c.token_ids) for c in g.completions] for g in groups])
+    penalty = grpo.soft_overlong_penalty(lengths, loss.max_completion_length,
+                                         loss.soft_punish_cache).astype(np.float32)
+    advantages, reward_stats = grpo.group_advantages((rewards_ + penalty).reshape(-1), group,
                                                      loss.scale_rewards)
+    if loss.soft_punish_cache:
+        reward_stats = dict(reward_stats, **{"reward/overlong_penalty": penalty.mean()})
     prompt_len = buckets(max(len(g.prompt_ids) for g in groups))
     completion_length = completion_buckets(max(len(c.token_ids) for g in groups
                                                for c in g.completions))

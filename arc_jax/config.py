@@ -114,6 +114,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.top_entropy_quantile = 1.0  # < 1: policy loss on the high-entropy tokens only (TRL)
     config.bnpo_scope = "batch"  # or "micro_batch": TRL's mean of micro-batch token means
     config.soft_punish_cache = 0  # > 0: DAPO's soft overlong punishment over the last N tokens
+    # DAPO's dynamic sampling: drop groups whose rewards are all equal and draw other tasks,
+    # at most this many generation batches per step (verl's filter_groups.max_num_gen_batches)
+    config.dynamic_sampling = False
+    config.dynamic_sampling_max_batches = 4
     config.importance_sampling_correction = False  # TRL's vllm_importance_sampling_correction
     config.importance_sampling_mode = "token_truncate"
     config.importance_sampling_cap = 2.0  # TRL 1.16: vllm_importance_sampling_clip_max
@@ -296,6 +300,8 @@ _RULES = (
     ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("rollout.engine", lambda v, c: v in ENGINES, f"one of {list(ENGINES)}"),
     ("reward_name", lambda v, c: v in SCHEMES, f"one of {sorted(SCHEMES)}"),
+    ("dynamic_sampling", lambda v, c: isinstance(v, bool), "True or False"),
+    ("dynamic_sampling_max_batches", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,
      "0 (a free port) or a TCP port"),

@@ -82,6 +82,12 @@ class PromptMaker:
         return draws, ids, skipped
 
 
+def has_signal(group: Group) -> bool:
+    """Not every completion of the group has the same reward: its advantages are not all 0."""
+    rewards = [r.reward for r in group.records]
+    return max(rewards) > min(rewards)
+
+
 def agree_rewards(groups: Sequence[Group]) -> list[Group]:
     """The groups with process 0's rewards in every record (each host scores the programs in
     its own pool; a timeout on one host only must not make the hosts' updates differ)."""

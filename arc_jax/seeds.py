@@ -37,9 +37,10 @@ def prompt(seed: int, draw: int) -> int:
     return seed * _SPREAD + draw
 
 
-def step_sampling(seed: int, step: int) -> int:
-    """The sampling seed of training step `step`'s rollout."""
-    return seed * _SPREAD + step
+def step_sampling(seed: int, step: int, batch: int = 0) -> int:
+    """The sampling seed of training step `step`'s rollout (of its batch-th generation batch
+    under dynamic sampling; the first batch keeps the rule without it)."""
+    return seed * _SPREAD + step + batch * 7_919_000_003
 
 
 def solve_rate_sampling(seed: int) -> int:

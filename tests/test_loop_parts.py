@@ -140,3 +140,39 @@ def test_a_mesh_that_does_not_divide_the_heads_or_the_prompts_is_refused(tmp_pat
         session.check_mesh(mesh(1, 16), str(tmp_path), prompts_per_step=4)
     with pytest.raises(ConfigError, match=r"mesh.data=8 does not divide the 4 prompts of a step"):
         session.check_mesh(mesh(8, 1), str(tmp_path), prompts_per_step=4)
+
+
+def _scripted(batches):
+    """sample(count, batch) returning the scripted groups of each batch (reward lists), and
+    the calls it got."""
+    calls = []
+
+    def sample(count, batch):
+        calls.append((count, batch))
+        return [episode.Group(None, [1], [], [_Record(r) for r in rewards])
+                for rewards in batches[batch][:count]]
+    return sample, calls
+
+
+def test_dynamic_sampling_draws_again_for_groups_without_signal():
+    sample, calls = _scripted([[[1, 1], [0, 5], [2, 2]], [[3, 3], [0, 1]], [[4, 0]]])
+    groups, counts = loop.fill_with_signal(sample, 3, max_batches=4, drop_equal=True)
+    # batch 0 keeps [0, 5]; batch 1 (2 more wanted) keeps [0, 1]; batch 2 (1 more) keeps [4, 0]
+    assert [[r.reward for r in g.records] for g in groups] == [[0, 5], [0, 1], [4, 0]]
+    assert calls == [(3, 0), (2, 1), (1, 2)]
+    assert counts == {"batches": 3, "groups_sampled": 6, "groups_dropped": 3,
+                      "groups_without_signal": 0}
+
+
+def test_dynamic_sampling_fills_with_dropped_groups_at_its_bound():
+    sample, calls = _scripted([[[1, 1], [0, 5]], [[3, 3]]])
+    groups, counts = loop.fill_with_signal(sample, 2, max_batches=2, drop_equal=True)
+    assert [[r.reward for r in g.records] for g in groups] == [[0, 5], [1, 1]]
+    assert calls == [(2, 0), (1, 1)] and counts["groups_without_signal"] == 1
+
+
+def test_without_dynamic_sampling_one_batch_is_used_as_drawn():
+    sample, calls = _scripted([[[1, 1], [0, 5]]])
+    groups, counts = loop.fill_with_signal(sample, 2, max_batches=1, drop_equal=False)
+    assert [[r.reward for r in g.records] for g in groups] == [[1, 1], [0, 5]]
+    assert calls == [(2, 0)] and counts["groups_dropped"] == 0

@@ -146,6 +146,23 @@ def group_batch(groups: Sequence[Group], *, pad_id: int, eos_ids: Sequence[int],
     return batch, {k: float(v) for k, v in reward_stats.items()}
 
 
+def fill_with_signal(sample, wanted: int, max_batches: int, drop_equal: bool
+                     ) -> tuple[list[Group], dict[str, int]]:
+    """`wanted` groups from sample(count, batch) -> groups (count fresh draws, the batch-th call
+    of the step). With drop_equal (DAPO's dynamic sampling), groups whose rewards are all equal
+    (zero advantages: nothing to learn) are set aside and more are drawn, at most max_batches
+    calls; if still short, the set-aside groups fill the batch, so its shape never changes.
+    Counts: batches, groups_sampled, groups_dropped (set aside), groups_without_signal (used)."""
+    kept, dropped, batches = [], [], 0
+    while len(kept) < wanted and batches < max_batches:
+        for group in sample(wanted - len(kept), batches):
+            (kept if not drop_equal or episode.has_signal(group) else dropped).append(group)
+        batches += 1
+    fill = dropped[:wanted - len(kept)]
+    return kept + fill, {"batches": batches, "groups_sampled": len(kept) + len(dropped),
+                         "groups_dropped": len(dropped), "groups_without_signal": len(fill)}
+
+
 def rollout_metrics(groups: Sequence[Group], ngram: int = 4) -> dict[str, float]:
     """Reward, validity, length and repetition statistics of a step's completions."""
     records = [r for g in groups for r in g.records]
@@ -316,16 +333,37 @@ class _Trainer:
 
     # --- one step
 
+    def rollout(self, step: int) -> tuple[list[Group], dict[str, float]]:
+        """The step's groups (`fill_with_signal`), and their timings and counts."""
+        config = self.config
+        timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+
+        def sample(count: int, batch: int) -> list[Group]:
+            draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, count)
+            self.skipped_prompts += skipped
+            sampling = session.sampling_params(
+                config, self.eos_ids, seed=seeds.step_sampling(config.seed, step, batch))
+            groups, rollout_s, reward_s = sample_and_score(
+                self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
+                config.reward_name, config.sampler.max_prompts_per_batch)
+            timings["time/rollout_s"] += rollout_s
+            timings["time/reward_s"] += reward_s
+            return episode.agree_rewards(groups)
+
+        max_batches = config.dynamic_sampling_max_batches if config.dynamic_sampling else 1
+        groups, counts = fill_with_signal(sample, self.plan.prompts_per_step, max_batches,
+                                          config.dynamic_sampling)
+        if config.dynamic_sampling:
+            timings |= {f"dynamic_sampling/{k}": float(v) for k, v in counts.items()}
+            timings["dynamic_sampling/rollouts"] = float(counts["groups_sampled"]
+                                                         * self.plan.num_generations)
+        return groups, timings
+
     def step(self, step: int) -> dict[str, float]:
         config = self.config
         step_begin = time.perf_counter()
-        draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, self.plan.prompts_per_step)
-        self.skipped_prompts += skipped
-        sampling = session.sampling_params(config, self.eos_ids, seed=seeds.step_sampling(config.seed, step))
-        groups, rollout_s, reward_s = sample_and_score(
-            self.sampler, self.pool, draws, prompt_ids, self.plan.num_generations, sampling,
-            config.reward_name, config.sampler.max_prompts_per_batch)
-        groups = episode.agree_rewards(groups)
+        groups, rollout_stats = self.rollout(step)
+        rollout_s = rollout_stats["time/rollout_s"]
         begin = time.perf_counter()
         batch, reward_stats = group_batch(groups, pad_id=self.pad_id, eos_ids=self.eos_ids,
                                           loss=self.loss, buckets=self.buckets,
@@ -353,8 +391,7 @@ class _Trainer:
         return {**rollout_metrics(groups), **reward_stats, **update,
                 "skipped_prompts": float(self.skipped_prompts),
                 "skipped_updates": float(self.skipped_updates),
-                **agreement, **sync,
-                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
+                **agreement, **sync, **rollout_stats, "time/update_s": update_s,
                 "time/step_s": time.perf_counter() - step_begin,
                 "tokens_per_s": tokens / max(rollout_s, 1e-9),
                 "prompt_tokens": float(sum(len(g.prompt_ids) for g in groups)),

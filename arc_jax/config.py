@@ -62,6 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.prompt.style = "barc"  # "barc" (the training format) or "arc25"
     config.prompt.prefill_assistant = False  # end the prompt with the assistant prefix
 
+    # Draw tasks by learning signal (pass rates near 1/2 most often, a floor for the rest)
+    # instead of in shuffled epochs (`arc_jax.data.task_stream.TaskSelection`).
+    config.task_selection = ml_collections.ConfigDict()
+    config.task_selection.enabled = False
+    config.task_selection.floor = 0.1
+    config.task_selection.decay = 0.5
     config.augment = ml_collections.ConfigDict()
     config.augment.enabled = True
     config.augment.change_background_probability = 0.1
@@ -301,6 +307,9 @@ _RULES = (
     ("rollout.engine", lambda v, c: v in ENGINES, f"one of {list(ENGINES)}"),
     ("reward_name", lambda v, c: v in SCHEMES, f"one of {sorted(SCHEMES)}"),
     ("dynamic_sampling", lambda v, c: isinstance(v, bool), "True or False"),
+    ("task_selection.enabled", lambda v, c: isinstance(v, bool), "True or False"),
+    ("task_selection.floor", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("task_selection.decay", lambda v, c: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("dynamic_sampling_max_batches", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.sync_every", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("rollout.vllm.server_port", lambda v, c: _integer(v) and 0 <= v < 65536,

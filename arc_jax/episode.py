@@ -18,7 +18,7 @@ from arc_jax import rewards
 from arc_jax import seeds
 from arc_jax.execution import ExecutionPool
 from arc_jax.rollout import Completion, RolloutEngine, SamplingParams
-from arc_jax.data.task_stream import Draw, TaskStream
+from arc_jax.data.task_stream import Draw, TaskSelection, TaskStream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,13 @@ class Group:
 
 def task_stream(config: ml_collections.ConfigDict, tasks) -> TaskStream:
     """The stream of (augmented) tasks a training run draws from, in its order."""
+    selection = None
+    if config.task_selection.enabled:
+        selection = TaskSelection(floor=config.task_selection.floor,
+                                  decay=config.task_selection.decay)
     return TaskStream(tasks, seed=config.seed, augment=config.augment.enabled,
-                      change_background_probability=config.augment.change_background_probability)
+                      change_background_probability=config.augment.change_background_probability,
+                      selection=selection)
 
 
 class PromptMaker:

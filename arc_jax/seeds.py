@@ -21,6 +21,11 @@ def task_order(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def task_choice(seed: int, draw: int) -> np.random.Generator:
+    """The weighted task choice of training draw `draw` under task selection."""
+    return np.random.default_rng([seed, 2_000_003, draw])
+
+
 def training_augmentation(seed: int, draw: int) -> np.random.Generator:
     """The augmentation of training draw `draw`."""
     return np.random.default_rng([seed, _SPREAD, draw])

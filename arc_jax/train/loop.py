@@ -306,7 +306,7 @@ class _Trainer:
     # --- checkpoints
 
     def _meta(self) -> dict:
-        return {"stream_position": self.stream.position, "guard": self.guard.state_dict(),
+        return {"stream": self.stream.state_dict(), "guard": self.guard.state_dict(),
                 "skipped_prompts": self.skipped_prompts, "skipped_updates": self.skipped_updates,
                 "lr_scale": self.lr_scale}
 
@@ -317,7 +317,8 @@ class _Trainer:
         arrays, meta = self.checkpointer.restore(step, abstract_arrays=self.updater.state())
         self._set_lr_scale(meta["lr_scale"])
         self.updater.load_state(arrays)
-        self.stream.position = meta["stream_position"]
+        # checkpoints before task selection kept the position alone
+        self.stream.load_state_dict(meta.get("stream", {"position": meta.get("stream_position", 0)}))
         self.guard.load_state_dict(meta["guard"])
         self.skipped_prompts, self.skipped_updates = meta["skipped_prompts"], meta["skipped_updates"]
         self.sampler.update_weights(nnx.state(self.model, LoraParam), version=meta["step"])
@@ -348,6 +349,9 @@ class _Trainer:
                 config.reward_name, config.sampler.max_prompts_per_batch)
             timings["time/rollout_s"] += rollout_s
             timings["time/reward_s"] += reward_s
+            solved = distributed.agree([sum(r.solved for r in g.records) for g in groups])
+            for group, count in zip(groups, solved):  # the pass rates task selection draws by
+                self.stream.observe(group.draw.task.id, count, len(group.records))
             return episode.agree_rewards(groups)
 
         max_batches = config.dynamic_sampling_max_batches if config.dynamic_sampling else 1

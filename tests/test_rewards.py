@@ -33,8 +33,8 @@ def grades(train, test):
 # --- reward schemes ----------------------------------------------------------------------
 
 
-def test_the_three_schemes_are_registered():
-    assert sorted(SCHEMES) == ["arc-v0", "arc-v1", "arc-v2-no-pixel-score"]
+def test_the_four_schemes_are_registered():
+    assert sorted(SCHEMES) == ["arc-unseen", "arc-v0", "arc-v1", "arc-v2-no-pixel-score"]
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,8 @@ def test_the_three_schemes_are_registered():
         ("arc-v0", -1.0, 0.0, 43 / 6, 5.75, 10.0),
         ("arc-v1", 0.0, 0.0, 43 / 6, 5.75, 10.0),
         ("arc-v2-no-pixel-score", 0.0, 0.0, 7.0, 5.5, 10.0),
+        # arc-unseen grades the test grid alone (right: 1 + 8 + 1); hidden test: 1.
+        ("arc-unseen", 0.0, 0.0, 10.0, 1.0, 10.0),
     ],
 )
 def test_reward_values(scheme, no_code, fails, partial, partial_hidden_test, solved):

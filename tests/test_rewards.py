@@ -78,7 +78,7 @@ def test_reward_from_record_rescoring_with_another_scheme():
 
 def test_unknown_scheme_names_the_known_ones():
     train, test = grades((1.0,), (1.0,))
-    with pytest.raises(ValueError, match=r"unknown reward scheme 'arc-v9'; expected one of \['arc-v0', 'arc-v1'"):
+    with pytest.raises(ValueError, match=r"unknown reward scheme 'arc-v9'; expected one of \['arc-unseen', 'arc-v0', 'arc-v1'"):
         reward("arc-v9", parsed=True, valid=True, train=train, test=test)
 
 

@@ -16,3 +16,23 @@ def llama3_tokenizer_dir() -> pathlib.Path:
 
 
 LLAMA3_TOKENIZER = llama3_tokenizer_dir()
+
+
+def save_tiny_llama(path: pathlib.Path, *, seed: int, vocab_size: int, hidden_size: int,
+                    num_attention_heads: int, num_key_value_heads: int, head_dim: int,
+                    max_position_embeddings: int, bos_token_id: int = 1, eos_token_id=2):
+    """A random 2-layer `transformers` Llama (MLP twice the width) saved to `path`, the
+    reference model of the sampler and engine tests; returns it in eval mode."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings, bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    return model

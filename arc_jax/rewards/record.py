@@ -52,7 +52,7 @@ class CompletionRecord:
     @property
     def shown_only(self) -> bool:
         """Valid, every train grid right (the pairs the prompt shows) but some test grid wrong:
-        what a program that copies the prompt's outputs achieves (None-free: False when the
-        test outputs are hidden)."""
+        what a program that copies the prompt's outputs achieves. False when the test outputs
+        are hidden."""
         return (self.valid and self.train.is_correct and self.test is not None
                 and not self.test.is_correct)

@@ -99,6 +99,15 @@ def test_samples_of_a_prompt_differ_and_seeds_matter(model):
     assert as_lists(other) != as_lists(out)
 
 
+def test_a_seed_beyond_32_bits_samples_as_its_low_32_bits(model):
+    # Dynamic sampling's later generation batches have seeds past 2**32 (seeds.step_sampling);
+    # they once stopped the run with an OverflowError.
+    big = 7_919_000_012
+    out, _ = run(model, n=2, params=sampling(seed=big))
+    reference, _ = run(model, n=2, params=sampling(seed=big % 2 ** 32))
+    assert_same(out, reference)
+
+
 def test_greedy_samples_are_identical_and_match_one_row(model):
     greedy = sampling(temperature=0.0, top_p=1.0)
     many = JaxSampler(model, config=SamplerConfig(page_size=4)).generate(PROMPTS, 3, greedy)

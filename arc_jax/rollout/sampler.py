@@ -437,7 +437,7 @@ class _Run:
             reset, prompt_ids, sample_ids = self._start_rows()
             if not any(self.row_sample):
                 raise RuntimeError("JaxSampler: no row could start (too few cache pages)")
-            keys = row_keys(np.uint32(self.seed), prompt_ids, sample_ids)
+            keys = row_keys(np.uint32(self.seed % 2 ** 32), prompt_ids, sample_ids)
             refill = bool(self.pending) or any(self._to_start(p) for p in range(self.p))
             exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])

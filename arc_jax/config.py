@@ -46,7 +46,7 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
 
 def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.mode = "train"  # "train", "dry_run" (data + prompts only) or "eval"
+    config.mode = "train"  # "train", "dry_run" (data + prompts only), "eval" or "search"
     config.seed = 0
     config.workdir = "workdir/run"
     config.dry_run = False  # train mode: print the step plan and a prompt preview, then stop
@@ -222,6 +222,19 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval.num_pictures = 2  # PNGs of the first tasks, per policy
     config.eval.show_tasks = True  # per-task rows in the printed table
 
+    # Search-and-learn at test time (mode "search", `arc_jax.search`): sample, relabel in
+    # hindsight, fine-tune the adapter between rounds; no test output is used.
+    config.search = ml_collections.ConfigDict()
+    config.search.rounds = 4  # round 0 as the task is, the others with a fresh augmentation
+    config.search.n_predictions = 32  # per task, over all rounds
+    config.search.augment = True  # rounds after the first show a fresh augmentation (as eval)
+    config.search.baseline = True  # first the same rounds without learning ("plain")
+    config.search.max_relabelled_per_task = 8  # programs with distinct outputs kept per task
+    config.search.learn_steps = 20  # LoRA updates between two rounds
+    config.search.learn_batch = 16  # relabelled pairs per update
+    config.search.learning_rate = 1e-4
+    config.search.output_dir = "workdir/search"
+
     # dry_run: how many prompts to render and show.
     config.preview = ml_collections.ConfigDict()
     config.preview.num_tasks = 16
@@ -342,6 +355,19 @@ _RULES = (
     ("save_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("max_to_keep", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("eval.num_samples", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+    ("search.rounds", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("search.n_predictions", lambda v, c: _integer(v) and v >= 1 and _integer(c.search.rounds)
+     and c.search.rounds >= 1 and v % c.search.rounds == 0, "a positive multiple of search.rounds"),
+    ("search.baseline", lambda v, c: isinstance(v, bool), "True or False"),
+    ("search.augment", lambda v, c: isinstance(v, bool), "True or False"),
+    ("search.max_relabelled_per_task", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("search.learn_steps", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+    ("search.learn_batch", lambda v, c: _integer(v) and v >= 1 and _integer(
+        c.gradient_accumulation_steps) and c.gradient_accumulation_steps >= 1
+     and v % c.gradient_accumulation_steps == 0,
+     "a positive multiple of gradient_accumulation_steps (the micro-batches of an update)"),
+    ("search.learning_rate", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("search.output_dir", lambda v, c: isinstance(v, str) and v != "", "a folder path"),
 )
 
 

@@ -144,16 +144,53 @@ def load_adapter(config: ml_collections.ConfigDict, model) -> None:
     print(f"loaded the adapter of step {meta['step']} from {folder}")
 
 
-def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task], r: int) -> list[Draw]:
-    """The draws of round r: every task, as it is in round 0, freshly augmented after."""
+def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task], r: int,
+                augment: bool = True) -> list[Draw]:
+    """The draws of round r: every task, as it is in round 0, freshly augmented after (unless
+    not `augment`)."""
     draws = []
     for i, task_id in enumerate(sorted(tasks)):
         augmentation = data.Augmentation.identity()
-        if r:
+        if r and augment:
             rng = seeds.eval_augmentation(config.seed, r, i)
             augmentation = data.Augmentation.sample(rng, config.augment.change_background_probability)
         draws.append(Draw(i, r, augmentation.apply_task(tasks[task_id]), augmentation))
     return draws
+
+
+def sample_round(config, engine, maker: episode.PromptMaker, stop_ids: tuple[int, ...],
+                 tasks: Mapping[str, data.Task], r: int, n: int, augment: bool = True
+                 ) -> tuple[list[dict], dict]:
+    """Round r's n completions per task (`round_draws`, seed `seeds.eval_sampling`): the lines
+    of the predictions file (task_id, round, augmentation, completion) and the round's figures
+    (seconds of sampling, programs, tokens, the engine's own statistics)."""
+    draws = round_draws(config, tasks, r, augment)
+    prompt_ids = [maker(d.task, seed=maker.seed(d)) for d in draws]
+    sampling = session.sampling_params(config, stop_ids, seed=seeds.eval_sampling(config.seed, r))
+    begin = time.perf_counter()
+    groups = engine.generate(prompt_ids, n, sampling)
+    sample_s = time.perf_counter() - begin
+    lines = [{"task_id": d.task.id, "round": r, "augmentation": d.augmentation.to_json(),
+              "completion": c.text} for d, completions in zip(draws, groups) for c in completions]
+    lengths = [len(c.token_ids) for completions in groups for c in completions]
+    figures = {"round": r, "programs": len(lines), "sample_s": round(sample_s, 3),
+               "output_tokens": sum(lengths), "prompt_tokens": sum(map(len, prompt_ids)),
+               "truncated": sum(c.truncated for cs in groups for c in cs),
+               "lengths": lengths, **getattr(engine, "last_stats", {})}
+    return lines, figures
+
+
+def score_lines(config, pool: ExecutionPool, lines: Sequence[dict],
+                tasks: Mapping[str, data.Task]) -> list[rewards.CompletionRecord]:
+    """The graded record of each line (its program run on the task's inputs as its round's
+    augmentation showed them, outputs reverted); adds the prediction's fields to the line."""
+    scored = [rewards.submit_completion(pool, line["completion"], tasks[line["task_id"]],
+                                        data.Augmentation.from_json(line["augmentation"]))
+              for line in lines]
+    records = [pending.record(config.reward_name) for pending in scored]
+    for line, record in zip(lines, records):
+        line.update(prediction_fields(record))
+    return records
 
 
 def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, stop_ids: tuple[int, ...],
@@ -169,37 +206,22 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
                     desc=f"{path.name.split('.')[0]} ({len(done)} rounds resumed)" if done else path.name.split(".")[0])
     for r in range(e.rounds):
         if r in done:
-            lines = done[r]
+            lines, figures = done[r], None
         else:
-            draws = round_draws(config, tasks, r)
-            prompt_ids = [maker(d.task, seed=maker.seed(d)) for d in draws]
-            sampling = session.sampling_params(config, stop_ids, seed=seeds.eval_sampling(config.seed, r))
-            begin = time.perf_counter()
-            groups = engine.generate(prompt_ids, e.n_predictions // e.rounds, sampling)
-            sample_s = time.perf_counter() - begin
-            lines = [{"task_id": d.task.id, "round": r, "augmentation": d.augmentation.to_json(),
-                      "completion": c.text} for d, completions in zip(draws, groups) for c in completions]
+            lines, figures = sample_round(config, engine, maker, stop_ids, tasks, r,
+                                          e.n_predictions // e.rounds)
         begin = time.perf_counter()
-        scored = [rewards.submit_completion(pool, line["completion"], tasks[line["task_id"]],
-                                            data.Augmentation.from_json(line["augmentation"]))
-                  for line in lines]
-        for line, pending in zip(lines, scored):
-            record = pending.record(config.reward_name)
+        for line, record in zip(lines, score_lines(config, pool, lines, tasks)):
             records[line["task_id"]].append(record)
-            line.update(prediction_fields(record))
-        if r not in done:
+        if figures is not None:
             append_round(path, lines)
-            lengths = [len(c.token_ids) for completions in groups for c in completions]
-            figures = {"round": r, "programs": len(lines), "sample_s": round(sample_s, 3),
-                       "score_s": round(time.perf_counter() - begin, 3),
-                       "output_tokens": sum(lengths), "prompt_tokens": sum(map(len, prompt_ids)),
-                       "truncated": sum(c.truncated for cs in groups for c in cs),
-                       "lengths": lengths, **getattr(engine, "last_stats", {})}
+            figures["score_s"] = round(time.perf_counter() - begin, 3)
             if timings is not None:
                 timings.append(figures)
-            bar.write(f"round {r}: {len(lines)} programs, {sum(lengths):,} output tokens sampled "
-                      f"in {sample_s:.1f} s ({sum(lengths) / max(sample_s, 1e-9):,.0f} tokens/s), "
-                      f"scored in {figures['score_s']:.1f} s")
+            bar.write(f"round {r}: {len(lines)} programs, {figures['output_tokens']:,} output "
+                      f"tokens sampled in {figures['sample_s']:.1f} s "
+                      f"({figures['output_tokens'] / max(figures['sample_s'], 1e-9):,.0f} "
+                      f"tokens/s), scored in {figures['score_s']:.1f} s")
             bar.update(1)
     bar.close()
     return records
@@ -256,7 +278,7 @@ def report(config, name: str, records: Mapping[str, Sequence[rewards.CompletionR
     curve = {k: float(np.mean([rewards.pass_at_k(len(r), sum(x.test is not None and x.test.is_correct for x in r), k)
                                for r in records.values()])) for k in ks}
     (out / f"{name}.pass_at_k.json").write_text(json.dumps(curve, indent=1))
-    plot_pass_at_k(curve, name, out / f"{name}.pass_at_k.png")
+    plot_pass_at_k({name: curve}, f"{name}: test pass@k", out / f"{name}.pass_at_k.png")
     candidates = {t: [submission.candidate_from_record(x) for x in r] for t, r in records.items()}
     entries = submission.make_submission(tasks, candidates)
     problems = submission.validate(entries, tasks)
@@ -266,13 +288,17 @@ def report(config, name: str, records: Mapping[str, Sequence[rewards.CompletionR
     return {"mean": mean, "per_task": per_task, "pass_at_k": curve, "submission": entries}
 
 
-def plot_pass_at_k(curve: Mapping[int, float], name: str, path: pathlib.Path) -> None:
+def plot_pass_at_k(curves: Mapping[str, Mapping[int, float]], title: str, path: pathlib.Path) -> None:
+    """One line per named curve of pass@k (k -> rate in [0, 1]), in percent."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
-    axes.plot(list(curve), [100 * v for v in curve.values()], marker="o")
-    axes.set(xlabel="k (predictions per task)", ylabel="pass@k (%)", title=f"{name}: test pass@k")
+    for label, curve in curves.items():
+        axes.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=label)
+    if len(curves) > 1:
+        axes.legend()
+    axes.set(xlabel="k (predictions per task)", ylabel="pass@k (%)", title=title)
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=100, bbox_inches="tight")
 

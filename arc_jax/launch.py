@@ -37,6 +37,7 @@ MODES = {
     "dry_run": "arc_jax.dry_run:run",
     "train": "arc_jax.train.loop:run",
     "eval": "arc_jax.eval:run",
+    "search": "arc_jax.search:run",
 }
 
 

@@ -59,6 +59,11 @@ def eval_sampling(seed: int, round_index: int) -> int:
     return seed + 104_729 * round_index
 
 
+def search_batch(seed: int, round_index: int, step: int) -> np.random.Generator:
+    """Which relabelled pairs make update `step` of search mode's learning after round r."""
+    return np.random.default_rng([seed, 15_485_863, round_index, step])
+
+
 def request_seed(seed: int, prompt_index: int) -> int:
     """The seed of prompt i's request within one call to an external engine (vLLM): 31 bits."""
     return (seed * _SPREAD + prompt_index) % 2 ** 31

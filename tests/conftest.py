@@ -36,3 +36,22 @@ def save_tiny_llama(path: pathlib.Path, *, seed: int, vocab_size: int, hidden_si
     model = transformers.LlamaForCausalLM(config).eval()
     model.save_pretrained(path)
     return model
+
+
+def save_tiny_llama3_policy(path: pathlib.Path) -> str:
+    """A random 2-layer Llama with the real Llama-3 tokenizer and vocabulary, saved to `path`
+    (the policy of the eval and search tests); returns the folder."""
+    import shutil
+
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=16384,
+        bos_token_id=128000, eos_token_id=[128001, 128009])
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA3_TOKENIZER / name, path / name)
+    return str(path)

@@ -13,26 +13,12 @@ from arc_jax.execution import ExecutionConfig, ExecutionPool
 from arc_jax.rollout import PromptBuckets
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-from conftest import LLAMA3_TOKENIZER as TOKENIZER
+from conftest import save_tiny_llama3_policy
 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    """A random 2-layer Llama with the real Llama-3 tokenizer."""
-    import shutil
-
-    import torch
-
-    config = transformers.LlamaConfig(
-        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=16384,
-        bos_token_id=128000, eos_token_id=[128001, 128009])
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_policy")
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, path / name)
-    return str(path)
+    return save_tiny_llama3_policy(tmp_path_factory.mktemp("tiny_policy"))
 
 
 @pytest.fixture(scope="module")

@@ -264,4 +264,4 @@ def test_every_config_file_loads_and_validates(name):
 
     config = importlib.import_module(f"configs.{name}").get_config()
     validate(config)
-    assert config.mode in ("train", "eval", "dry_run")
+    assert config.mode in ("train", "eval", "dry_run", "search")

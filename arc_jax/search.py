@@ -21,7 +21,8 @@ first without learning ("plain": the same prompts, augmentations and seeds), sid
 Files in `config.search.output_dir`, per policy ("plain", "search"): predictions.jsonl.gz (a
 gzip member per round, as in `eval`), relabelled.jsonl (the kept set: task, relabelled pairs,
 program), rounds.json, submission.json, pass_at_k.json/.png (with test outputs); adapters/
-(Orbax: adapter and optimiser after each learning phase); summary.json. A killed run resumes
+(Orbax: adapter and optimiser after each learning phase); summary.json; tasks_challenges.json
+(and tasks_solutions.json when known), as `eval` writes them. A killed run resumes
 after its last complete round and learning phase and ends with the same files.
 """
 
@@ -368,10 +369,12 @@ def report(config: ml_collections.ConfigDict, results: Mapping[str, list[RoundRe
                                       f"{name}: test pass@k per round", out / f"{name}.pass_at_k.png")
     print(side_by_side(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    dataset = evaluation.write_dataset(tasks, out)
     print(f"wrote to {out}: " + ", ".join(
         f"{name}.predictions.jsonl.gz, {name}.relabelled.jsonl, {name}.rounds.json, "
         f"{name}.submission.json" + (f", {name}.pass_at_k.json/.png" if solutions else "")
-        for name in results) + ", adapters/, summary.json")
+        for name in results) + f", adapters/, summary.json, {dataset.name} (give it as "
+        "--dataset to python -m arc_jax.submission validate|score)")
     return summary
 
 

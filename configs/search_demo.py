@@ -28,6 +28,6 @@ def get_config(arg: str | None = None):
     config.search.max_relabelled_per_task = 4
     config.search.learn_steps = 20
     config.search.learn_batch = 16
-    config.search.learning_rate = 5e-4
+    config.search.learning_rate = 2e-3
     config.search.output_dir = "workdir/search_demo"
     return config

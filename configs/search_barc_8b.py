@@ -1,0 +1,38 @@
+"""Search-and-learn with the BARC induction model on ARC-AGI-1 evaluation, a Kaggle-like budget:
+
+    python -m arc_jax.launch --config=configs/search_barc_8b.py \
+        --config.model_path=/path/to/Llama-3.1-ARC-Potpourri-Induction-8B
+
+512 predictions per task in 4 rounds of 128 (rounds after the first augmented, as in `eval`),
+graded on the train pairs only; between rounds, 50 LoRA updates of 16 hindsight-relabelled
+programs (up to 16 with distinct outputs kept per task). No plain baseline: that is
+`configs/eval_barc_8b.py` with `--config.eval.n_predictions=512 --config.eval.rounds=4`,
+whose rounds have the same prompts, augmentations and seeds.
+
+Budget, from the evaluation command measured on one H100 (5.3k output tokens/s at a mean of
+about 700 tokens per program, `benchmarks/RESULTS.md`, version 6): 400 x 512 = 204,800
+programs is about 7.5 hours of sampling; the three learning phases (150 updates of 16 prompts
+of about 2-3k tokens) take minutes. So it fits in 12 hours on that card, not measured end to
+end.
+"""
+
+from configs import barc_8b_grpo
+
+
+def get_config(arg: str | None = None):
+    if arg:
+        raise ValueError(f"configs/search_barc_8b.py takes no argument, got {arg!r}")
+    config = barc_8b_grpo.get_config()
+    config.mode = "search"
+    config.dataset = "arc-agi-1/evaluation"
+    config.search.rounds = 4
+    config.search.n_predictions = 512
+    config.search.baseline = False
+    config.search.augment = True
+    config.search.max_relabelled_per_task = 16
+    config.search.learn_steps = 50
+    config.search.learn_batch = 16
+    config.search.learning_rate = 1e-4
+    config.search.output_dir = "workdir/search_barc_8b"
+    config.sampler.max_prompts_per_batch = 8
+    return config

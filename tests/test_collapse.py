@@ -130,3 +130,55 @@ def test_config_rejects_bad_values(field, value):
 def test_load_state_dict_rejects_foreign_state():
     with pytest.raises(ValueError, match="collapse guard state must have keys"):
         CollapseGuard(CollapseConfig()).load_state_dict({"streak": 1})
+
+
+@pytest.mark.slow
+def test_the_trainer_rolls_a_collapse_back_and_finishes_at_half_the_learning_rate(tmp_path):
+    # The whole training loop on a tiny Llama (real tokenizer, pool, update, checkpoints), with a
+    # scripted engine that writes programs, except in its 5th and 6th calls (steps 5 and 6),
+    # where every completion is one repeated line cut at the token limit.
+    import pathlib
+
+    import scripted_engine
+    from conftest import save_tiny_llama3_policy
+
+    from arc_jax.config import default_config
+    from arc_jax.train import loop
+    from arc_jax.train.checkpoint import Checkpointer
+
+    config = default_config()
+    config.model_path = save_tiny_llama3_policy(tmp_path / "policy")
+    config.workdir = str(tmp_path / "run")
+    config.dtype = "float32"
+    config.max_tasks = 2
+    config.max_seq_length, config.max_completion_length = 4096, 48
+    config.prompt.style, config.prompt.prefill_assistant = "arc25", True
+    config.lora.rank = 4
+    config.num_generations, config.generation_batch_size = 2, 2
+    config.max_steps, config.save_steps = 9, 2
+    config.learning_rate = 1e-3
+    config.tensorboard = config.compilation_cache = False
+    config.execution.num_workers = 2
+    config.collapse.action, config.collapse.patience = "rollback", 2
+
+    engines = []
+
+    def make_engine(config, model, tokenizer, buckets, model_path):
+        engines.append(scripted_engine.ScriptedEngine(tokenizer, collapse_calls=(5, 6)))
+        return engines[0]
+
+    loop.run(config, make_engine=make_engine)
+
+    rows = [json.loads(line) for line in (pathlib.Path(config.workdir) / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == list(range(1, 10))  # steps 3-6 were dropped and redone
+    assert engines[0].calls == 9 + 4  # steps 3, 4, 5, 6 ran twice
+    assert max(r["truncated_ratio"] for r in rows) < 0.5  # the collapsed steps are gone
+    # Steps 5 and 6 collapsed; the newest healthy state is 4 - 1 = 3, so checkpoint 2 came back
+    # and the run carried on from step 3 at half the learning rate.
+    assert [r["learning_rate"] for r in rows[:2]] == pytest.approx([1e-3, 1e-3])
+    assert all(r["learning_rate"] == pytest.approx(5e-4) for r in rows[2:])
+    checkpoints = pathlib.Path(config.workdir) / "checkpoints"
+    with Checkpointer(checkpoints, max_to_keep=None) as checkpointer:
+        assert checkpointer.all_steps()[-1] == 9
+    meta = json.loads((checkpoints / "9" / "meta" / "metadata").read_text())
+    assert meta["lr_scale"] == 0.5 and meta["guard"]["rollbacks"] == 1

@@ -13,7 +13,7 @@ from arc_jax import data, search
 from arc_jax.train.checkpoint import Checkpointer
 from conftest import save_tiny_llama3_policy
 
-import scripted_search
+import scripted_engine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Training tasks that programs of the scripted engine solve (mirror, flip, transpose).
@@ -59,7 +59,7 @@ def adapter_arrays(out: pathlib.Path) -> list[np.ndarray]:
 
 
 def test_the_loop_refuses_tasks_that_carry_test_outputs(tiny_policy, datasets, tmp_path):
-    config = scripted_search.search_config(tiny_policy, datasets[0], str(tmp_path))
+    config = scripted_engine.search_config(tiny_policy, datasets[0], str(tmp_path))
     tasks = data.load_tasks(datasets[0])
     with pytest.raises(ValueError, match="without test outputs"):
         search.search(config, None, None, tasks, None, None, tmp_path)
@@ -69,10 +69,10 @@ def test_the_loop_refuses_tasks_that_carry_test_outputs(tiny_policy, datasets, t
 def test_garbage_test_outputs_change_nothing_before_the_final_scoring(tiny_policy, datasets,
                                                                       tmp_path):
     real_out, garbage_out = tmp_path / "real", tmp_path / "garbage"
-    real, real_engine = scripted_search.run(
-        scripted_search.search_config(tiny_policy, datasets[0], str(real_out)))
-    garbage, garbage_engine = scripted_search.run(
-        scripted_search.search_config(tiny_policy, datasets[1], str(garbage_out)))
+    real, real_engine = scripted_engine.run(
+        scripted_engine.search_config(tiny_policy, datasets[0], str(real_out)))
+    garbage, garbage_engine = scripted_engine.run(
+        scripted_engine.search_config(tiny_policy, datasets[1], str(garbage_out)))
 
     assert real_engine.prompts == garbage_engine.prompts  # the same prompts were sampled
     assert real_engine.versions == garbage_engine.versions == [1, 2]
@@ -100,7 +100,7 @@ def test_garbage_test_outputs_change_nothing_before_the_final_scoring(tiny_polic
 @pytest.mark.parametrize("kill_at", ["update:1", "generate:3"])
 def test_a_killed_search_resumes_to_the_same_files(tiny_policy, datasets, tmp_path, kill_at):
     def program(out, *kill):
-        return subprocess.run([sys.executable, str(ROOT / "tests" / "scripted_search.py"),
+        return subprocess.run([sys.executable, str(ROOT / "tests" / "scripted_engine.py"),
                                tiny_policy, datasets[0], str(out), *kill],
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
 

@@ -219,11 +219,11 @@ def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptM
 # ----------------------------------------------------------------------------- the run
 
 
-def run(config: ml_collections.ConfigDict) -> dict:
+def run(config: ml_collections.ConfigDict, make_engine=session.make_engine) -> dict:
     """Trains; returns the final summary (also written to workdir/summary.json).
 
     With `config.dry_run`, prints the step plan and a prompt preview and stops before loading
-    the model.
+    the model. `make_engine` builds the rollout engine (tests give a scripted one).
     """
     if config.dry_run:
         return _dry_run(config)
@@ -242,7 +242,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     execution = session.execution_config(config)
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=plan.max_prompt_length)
     with ExecutionPool(execution) as pool, CompileCounter() as compiles, \
-            session.make_engine(config, model, tokenizer, buckets, model_path) as engine, \
+            make_engine(config, model, tokenizer, buckets, model_path) as engine, \
             Checkpointer(workdir / "checkpoints", max_to_keep=config.max_to_keep) as checkpointer, \
             MetricsLogger(distributed.output_dir(workdir), tensorboard=config.tensorboard,
                           wandb_project=(config.wandb_project or None) if distributed.is_main()

@@ -1,7 +1,7 @@
-"""Search mode with a scripted rollout engine, in-process or as a program that can kill itself
-at a chosen point (for the resume test):
+"""A scripted rollout engine (for the search and training-loop tests), and search mode with it,
+in-process or as a program that can kill itself at a chosen point (for the resume test):
 
-    python tests/scripted_search.py MODEL_DIR DATASET_DIR OUT_DIR [KILL_AT]
+    python tests/scripted_engine.py MODEL_DIR DATASET_DIR OUT_DIR [KILL_AT]
 
 KILL_AT is "generate:N" (SIGKILL inside the N-th sampling call, before it returns) or
 "update:V" (SIGKILL right after the adapter of learning phase V reached the engine, i.e. after
@@ -35,13 +35,18 @@ PROGRAMS = (
 )
 
 
+# What a collapsed policy writes: the same line until the token limit.
+COLLAPSED = "x = x + 1\n" * 400
+
+
 class ScriptedEngine:
-    """Answers with programs from PROGRAMS; records the prompts it was given."""
+    """Answers with programs from PROGRAMS (or, in the calls numbered in `collapse_calls`, with
+    COLLAPSED cut at the token limit); records the prompts it was given."""
 
     trainer_logprobs = True
 
-    def __init__(self, tokenizer, kill_at: str = ""):
-        self.tokenizer, self.kill_at = tokenizer, kill_at
+    def __init__(self, tokenizer, kill_at: str = "", collapse_calls=()):
+        self.tokenizer, self.kill_at, self.collapse_calls = tokenizer, kill_at, collapse_calls
         self.prompts: list[tuple[int, ...]] = []
         self.versions: list[int | None] = []
         self.calls = 0
@@ -59,7 +64,12 @@ class ScriptedEngine:
                 code = PROGRAMS[int(rng.integers(len(PROGRAMS)))]
                 text = code if code == "no code here" else f"```python\n{code}```"
                 ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-                group.append(Completion(ids, (0.0,) * len(ids), (0.0,) * len(ids), "stop", text))
+                reason = "stop"
+                if self.calls in self.collapse_calls:
+                    ids = tuple(self.tokenizer.encode(COLLAPSED, add_special_tokens=False)
+                                [:sampling.max_new_tokens])
+                    text, reason = self.tokenizer.decode(ids), "length"
+                group.append(Completion(ids, (0.0,) * len(ids), (0.0,) * len(ids), reason, text))
             out.append(group)
         if self.kill_at == f"generate:{self.calls}":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -72,6 +82,12 @@ class ScriptedEngine:
 
     def close(self):
         pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def search_config(model_dir: str, dataset: str, out: str):

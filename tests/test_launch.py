@@ -48,7 +48,7 @@ def test_an_unknown_mode_is_one_line_without_the_help():
     result = _launch("--config=configs/demo.py", "--config.mode=evaluate")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: config.mode='evaluate' is not a mode; expected one of ['dry_run', 'eval', 'train']"]
+        "error: config.mode='evaluate' is not a mode; expected one of ['dry_run', 'eval', 'search', 'train']"]
 
 
 def test_unknown_override_fails_with_the_field_name():
@@ -86,7 +86,7 @@ def test_every_mode_resolves_to_its_run_function():
 
 
 def test_unknown_mode_names_the_valid_ones():
-    with pytest.raises(SystemExit, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'train'\]"):
+    with pytest.raises(SystemExit, match=r"config.mode='sample' is not a mode; expected one of \['dry_run', 'eval', 'search', 'train'\]"):
         launch.resolve_mode("sample")
 
 

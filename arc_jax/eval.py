@@ -70,13 +70,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
         raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r} does not exist")
     out = pathlib.Path(e.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.compilation_cache:
-        from arc_jax.train.compiles import use_persistent_cache
-
-        use_persistent_cache(pathlib.Path(config.workdir) / "jax_cache")
-    model_path = session.resolve_model_path(config, pathlib.Path(config.workdir))
-    tokenizer = session.tokenizer(model_path)
-    tasks = session.select_tasks(config, tokenizer)
+    model_path, tokenizer, tasks = session.policy_and_tasks(config)
     print(plan(config, len(tasks)))
     model = session.load_policy(config, model_path, session.make_mesh(config))
     max_prompt = config.max_seq_length - config.max_completion_length

@@ -83,13 +83,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
                           f"{jax.process_count()}")
     out = pathlib.Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.compilation_cache:
-        from arc_jax.train.compiles import use_persistent_cache
-
-        use_persistent_cache(pathlib.Path(config.workdir) / "jax_cache")
-    model_path = session.resolve_model_path(config, pathlib.Path(config.workdir))
-    tokenizer = session.tokenizer(model_path)
-    tasks = session.select_tasks(config, tokenizer)
+    model_path, tokenizer, tasks = session.policy_and_tasks(config)
     hidden = hide_test_outputs(tasks)
     print(plan(config, len(hidden)))
     model = session.load_policy(config, model_path, session.make_mesh(config))

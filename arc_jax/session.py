@@ -119,6 +119,19 @@ def toy_policy_config(config: ml_collections.ConfigDict):
         sft=dataclasses.replace(base.sft, steps=config.toy.sft_steps))
 
 
+def policy_and_tasks(config: ml_collections.ConfigDict) -> tuple[str, object, dict[str, data.Task]]:
+    """The start of the eval and search modes: the persistent compilation cache (when on), then
+    the policy's folder (building the toy policy if asked), its tokenizer and the tasks."""
+    workdir = pathlib.Path(config.workdir)
+    if config.compilation_cache:
+        from arc_jax.train.compiles import use_persistent_cache
+
+        use_persistent_cache(workdir / "jax_cache")
+    model_path = resolve_model_path(config, workdir)
+    tokenizer_ = tokenizer(model_path)
+    return model_path, tokenizer_, select_tasks(config, tokenizer_)
+
+
 def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data.Task]:
     tasks = data.load_tasks(config.dataset)
     if config.task_filter == "toy_solvable":

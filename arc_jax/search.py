@@ -279,7 +279,7 @@ class Learner:
         weights = np.array([1 + item.train_correct for item, p in zip(items, encoded)
                             if p is not None], np.float64)
         figures = {"learn_pairs": len(pairs)}
-        if pairs:
+        if pairs and s.learn_steps:
             # one padded shape for the phase (one compile), from its longest prompt and completion
             prompt_len = self.buckets(max(len(p) for p, _ in pairs))
             completion_len = self.completion_buckets(max(len(c) for _, c in pairs))

@@ -10,7 +10,7 @@ outputs only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -76,7 +76,3 @@ def keep(candidates: Iterable[Relabelled], limit: int) -> list[Relabelled]:
             seen.add(item.fingerprint)
             kept.append(item)
     return kept[:limit]
-
-
-def distinct_outputs(items: Sequence[Relabelled]) -> int:
-    return len({r.fingerprint for r in items})

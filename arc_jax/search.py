@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -279,6 +280,7 @@ class Learner:
         weights = np.array([1 + item.train_correct for item, p in zip(items, encoded)
                             if p is not None], np.float64)
         figures = {"learn_pairs": len(pairs)}
+        begin = time.perf_counter()
         if pairs and s.learn_steps:
             # one padded shape for the phase (one compile), from its longest prompt and completion
             prompt_len = self.buckets(max(len(p) for p, _ in pairs))
@@ -294,6 +296,7 @@ class Learner:
                     figures["learn_nll_before"] = round(self.nll(first), 4)
                 self.updater.step(batch)
             figures["learn_nll_after"] = round(self.nll(first), 4)
+            figures["learn_s"] = round(time.perf_counter() - begin, 1)  # compile included
         assert len(self.history) == r, "learning phases run in order"
         self.history.append(figures)
         self.checkpointer.save(r + 1, self.updater.state(), {"history": self.history})

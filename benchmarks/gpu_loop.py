@@ -139,14 +139,17 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
     prompt_len = med("prompt_padded_len") or config["prompt_len"]
     completion_tokens = med("completions/mean_length")
     rollout_s = med("time/rollout_s")
+    # dynamic sampling draws more groups than a step trains on: compare per rollout
+    rollouts = lambda step: step.get("dynamic_sampling/rollouts", config["generation_batch_size"])
     update_s = med("time/update_s")
 
     def floor_ms(step):  # weights + one prompt-KV copy + half the completion KV, per decode step
         kv_tokens = step.get("prompt_padded_len", prompt_len) + g * step.get("completions/mean_length", t) / 2
         return 1e3 * (2 * sizes["params"] + sizes["kv_bytes_per_token"] * kv_tokens) / bandwidth
 
-    def decode_ms(step):
-        return 1e3 * step["time/rollout_s"] / max(step.get("completions/mean_length", t), 1)
+    def decode_ms(step):  # per batch of rollouts (dynamic sampling may draw several)
+        batches = step.get("dynamic_sampling/batches", 1)
+        return 1e3 * step["time/rollout_s"] / batches / max(step.get("completions/mean_length", t), 1)
 
     def update_flops(step):
         s_ = step.get("prompt_padded_len", prompt_len)
@@ -172,6 +175,10 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
         "step_s": round(med("time/step_s"), 2), "rollout_s": round(rollout_s, 2),
         "reward_s": round(med("time/reward_s"), 2), "update_s": round(update_s, 2),
         "steps_per_min": round(60 / med("time/step_s"), 2) if steady else None,
+        "rollouts_per_step": per_step(rollouts),
+        "step_s_per_rollout": round(per_step(lambda s: s["time/step_s"] / rollouts(s)), 3),
+        "rollout_s_per_rollout": round(per_step(lambda s: s["time/rollout_s"] / rollouts(s)), 3),
+        "groups_dropped": med("dynamic_sampling/groups_dropped"),
         "mean_completion_tokens": completion_tokens, "prompt_tokens": med("prompt_tokens"),
         "padded_completion_len": med("completion_padded_len"),
         "padded_prompt_len": prompt_len,
@@ -201,6 +208,7 @@ def run_config(overrides: list[str]) -> dict:
         config.update_from_flattened_dict({key: type(old)(value)})
     max_prompt = config.max_seq_length - config.max_completion_length
     return {"num_generations": config.num_generations,
+            "generation_batch_size": config.generation_batch_size,
             "max_completion_length": config.max_completion_length,
             "micro": config.gradient_accumulation_steps,
             "prompt_len": -(-max_prompt // 64) * 64}
@@ -468,6 +476,7 @@ def main():
     p.add_argument("--stop-probability", type=float, default=0.0022)
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the steady state")
     p.add_argument("--memory-gb", type=float, default=80.0, help="JAX's device memory; 0 = all")
+    p.add_argument("--label", default="", help="names this run's log and table (with --override)")
     p.add_argument("--override", action="append", default=[],
                    help="an extra --config.x=y for the launch command (repeatable)")
     p.add_argument("--micro", action="store_true", help="fixed-shape JAX rows")
@@ -530,6 +539,7 @@ def main():
             args.override.append("--config.attention_impl=xla")
         for name in lengths:
             folder = checkpoint if name == "worst" else realistic
+            name = f"{name}-{args.label}" if args.label else name
             result = run_loop(args, folder, args.out, name)
             table = loop_table(result, folder, args.warmup, args.override, name)
             emit(table)

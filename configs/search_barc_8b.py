@@ -33,6 +33,9 @@ def get_config(arg: str | None = None):
     config.search.learn_steps = 50
     config.search.learn_batch = 16
     config.search.learning_rate = 1e-4
+    # 16 relabelled pairs of up to 8,704 + 1,024 tokens in micro-batches of 2: about the
+    # memory of a training micro-step (1 prompt x 8 completions), which fits beside the sampler
+    config.gradient_accumulation_steps = 8
     config.search.output_dir = "workdir/search_barc_8b"
     config.sampler.max_prompts_per_batch = 8
     return config

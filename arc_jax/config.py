@@ -10,9 +10,11 @@ logging_steps, save_steps, seed), and so do their defaults, except where noted.
 import dataclasses
 import math
 import numbers
+import os
 
 import ml_collections
 
+from arc_jax.data.loaders import BUNDLED_DATASETS
 from arc_jax.errors import UserError
 from arc_jax.execution import ExecutionMemoryError, check_machine_memory
 from arc_jax.rewards.schemes import SCHEMES
@@ -281,7 +283,22 @@ def _power_of_two(v) -> bool:
 # (field, check of (value, config), what is expected). Choices whose lists live with the code
 # that uses them (loss types, reward schemes, ...) are checked there, before any work.
 _RULES = (
-    ("seed", lambda v, c: _integer(v), "an integer"),
+    ("seed", lambda v, c: _integer(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1"),
+    ("dtype", lambda v, c: v in ("bfloat16", "float32"), "'bfloat16' or 'float32'"),
+    ("max_tasks", lambda v, c: _integer(v) and v >= 0, "an integer >= 0 (0: every task)"),
+    ("dataset", lambda v, c: isinstance(v, str) and (v in BUNDLED_DATASETS or os.path.exists(v)),
+     f"a bundled dataset ({', '.join(BUNDLED_DATASETS)}) or an existing file or folder"),
+    ("task_filter", lambda v, c: v in ("", "toy_solvable"), "'' (every task) or 'toy_solvable'"),
+    ("augment.change_background_probability", lambda v, c: _number(v) and 0 <= v <= 1,
+     "a number in [0, 1]"),
+    ("lora.rank", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("lora.alpha", lambda v, c: _number(v) and v > 0, "a finite number > 0"),
+    ("mesh.data", lambda v, c: _integer(v) and (v == -1 or v >= 1), "-1 (the rest) or an integer >= 1"),
+    ("mesh.fsdp", lambda v, c: _integer(v) and (v == -1 or v >= 1), "-1 (the rest) or an integer >= 1"),
+    ("mesh.tensor", lambda v, c: _integer(v) and (v == -1 or v >= 1), "-1 (the rest) or an integer >= 1"),
+    ("attention_impl", lambda v, c: v in ("auto", "xla", "cudnn"), "'auto', 'xla' or 'cudnn'"),
+    ("preview.num_tasks", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
+    ("preview.show_prompts", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("max_seq_length", lambda v, c: _integer(v) and v >= 2, "an integer >= 2"),
     ("max_completion_length", lambda v, c: _integer(v) and 1 <= v < c.max_seq_length,
      "an integer >= 1 and below max_seq_length (room for the prompt)"),
@@ -384,6 +401,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not check(value, config):
             raise ConfigError(f"config.{field}={value!r}: expected {expected}")
     _validate_loss(config)
+    _validate_settings(config)
     if "execution" in config:
         try:
             check_machine_memory(config.execution.num_workers, config.execution.memory_limit_mb)
@@ -400,3 +418,32 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
         GRPOLossConfig(**{name: config[name] for name in names})
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e).replace("GRPOLossConfig.", "config.")) from None
+
+
+# The settings dataclasses that check themselves, and the config path of their fields.
+_SETTINGS_PREFIXES = {"OptimizerConfig.": "config.", "PromptConfig.": "config.prompt.",
+                      "LoraConfig.": "config.lora.",
+                      "CollapseConfig.": "config.collapse.", "SamplingParams.": "config."}
+
+
+def _validate_settings(config: ml_collections.ConfigDict) -> None:
+    """The optimiser, prompt, collapse-guard, LoRA and sampling settings, built as the run builds
+    them (`arc_jax.session`), so each dataclass's own checks run before any work; and the
+    remat policy's name."""
+    from arc_jax import episode, session
+
+    builders = [("remat_policy", lambda: session.check_remat_policy(config.remat_policy)),
+                ("learning_rate", lambda: session.optimizer_config(config, total_steps=1)),
+                ("prompt", lambda: episode.prompt_config(config)),
+                ("collapse", lambda: session.collapse_config(config)),
+                ("lora", lambda: session.lora_config(config)),
+                ("temperature", lambda: session.sampling_params(config, (0,), seed=0))]
+    try:
+        for field, build in builders:
+            if field in config:
+                build()
+    except (ValueError, UserError) as e:
+        message = str(e)
+        for name, prefix in _SETTINGS_PREFIXES.items():
+            message = message.replace(name, prefix)
+        raise ConfigError(message) from None

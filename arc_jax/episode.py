@@ -42,6 +42,11 @@ def task_stream(config: ml_collections.ConfigDict, tasks) -> TaskStream:
                       selection=selection)
 
 
+def prompt_config(config: ml_collections.ConfigDict) -> prompts.PromptConfig:
+    return prompts.PromptConfig(style=config.prompt.style,
+                                prefill_assistant=config.prompt.prefill_assistant)
+
+
 class PromptMaker:
     """Renders and encodes the prompt of a draw; skips (and counts) over-long ones.
 
@@ -50,8 +55,7 @@ class PromptMaker:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, max_prompt_length: int):
-        self._prompt_config = prompts.PromptConfig(
-            style=config.prompt.style, prefill_assistant=config.prompt.prefill_assistant)
+        self._prompt_config = prompt_config(config)
         self._tokenizer = tokenizer
         self._seed = config.seed
         self.max_prompt_length = max_prompt_length

@@ -22,6 +22,7 @@ from arc_jax.config import ConfigError
 from arc_jax.execution import ExecutionConfig
 from arc_jax.model import Llama, LoraConfig, Numerics, from_pretrained
 from arc_jax.train import grpo
+from arc_jax.train.collapse import CollapseConfig
 from arc_jax.train.optim import OptimizerConfig
 from arc_jax.rollout import (ENGINES, JaxSampler, PromptBuckets, RolloutEngine, SamplerConfig,
                              SamplingParams, VLLMConfig, VLLMEngine)
@@ -41,6 +42,10 @@ def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
     )
+
+
+def collapse_config(config: ml_collections.ConfigDict) -> CollapseConfig:
+    return CollapseConfig(**config.collapse.to_dict())
 
 
 def sampling_params(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...],
@@ -140,8 +145,6 @@ def select_tasks(config: ml_collections.ConfigDict, tokenizer) -> dict[str, data
         print(f"selecting the tasks the toy program family solves among {len(tasks)}",
               flush=True)
         tasks = toy.demo_tasks(tasks, tokenizer, toy_policy_config(config))
-    elif config.task_filter:
-        raise ValueError(f"config.task_filter={config.task_filter!r}: expected '' or 'toy_solvable'")
     if config.max_tasks > 0:
         tasks = dict(sorted(tasks.items())[: config.max_tasks])
     if not tasks:
@@ -158,13 +161,14 @@ def numerics(config: ml_collections.ConfigDict) -> Numerics:
     if impl == "auto":
         gpu = jax.default_backend() == "gpu" and config.dtype == "bfloat16"
         impl = "cudnn" if gpu else "xla"
-    if impl not in ("xla", "cudnn"):
-        raise ValueError(f"config.attention_impl={impl!r}: expected 'auto', 'xla' or 'cudnn'")
-    remat = config.remat_policy or None
-    if remat is not None and not hasattr(jax.checkpoint_policies, remat):
-        raise ValueError(f"config.remat_policy={remat!r} is not a jax.checkpoint_policies name "
+    check_remat_policy(config.remat_policy)
+    return Numerics(attention_impl=impl, remat_policy=config.remat_policy or None)
+
+
+def check_remat_policy(name: str) -> None:
+    if name and not hasattr(jax.checkpoint_policies, name):
+        raise ValueError(f"config.remat_policy={name!r}: expected a jax.checkpoint_policies name "
                          "(e.g. 'nothing_saveable'; '' turns rematerialisation off)")
-    return Numerics(attention_impl=impl, remat_policy=remat)
 
 
 def dtype(name: str):

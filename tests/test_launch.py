@@ -111,7 +111,7 @@ def test_bad_dataset_is_one_clear_line():
     result = _launch("--config=configs/demo.py:smoke", "--config.mode=dry_run",
                      "--config.dataset=no/such/tasks.json")
     assert result.returncode != 0
-    assert "error: no/such/tasks.json: no such file or directory" in result.stderr
+    assert "error: config.dataset='no/such/tasks.json': expected a bundled dataset" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -204,8 +204,58 @@ def _demo_smoke_config():
     return config
 
 
+# Fields whose value is free text (paths, names, addresses: checked where they are opened);
+# `mode` is checked by the launcher itself. Every other field has a check in `validate`.
+FREE_TEXT = {"checkpoint", "model_path", "workdir", "eval.output_dir", "search.output_dir",
+             "execution.common_path", "preview.tokenizer_path", "wandb_project", "mode",
+             "rollout.vllm.devices", "rollout.vllm.extra_args", "rollout.vllm.python",
+             "rollout.vllm.server_base_url", "rollout.vllm.server_host"}
+
+
+def _fields() -> list[tuple[str, object]]:
+    from arc_jax.config import default_config
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+    # A bool cannot hold a bad value: the config refuses anything but True and False.
+    return [(f, v) for f, v in leaves(default_config().to_dict())
+            if f not in FREE_TEXT and not isinstance(v, bool)]
+
+
+@pytest.mark.parametrize("field, default", _fields(), ids=[f for f, _ in _fields()])
+def test_every_field_refuses_a_bad_value_naming_itself(field, default):
+    # A new field without a check fails here: give it a rule in config._RULES (or a
+    # self-checking settings dataclass), or add it to FREE_TEXT if any text is valid.
+    from arc_jax.config import ConfigError, default_config, validate
+
+    if isinstance(default, str):
+        bad = "no-such-choice"
+    elif isinstance(default, tuple):
+        bad = ("no_such_module",)
+    elif isinstance(default, int):
+        bad = -10**9
+    else:  # a float, or None for an optional number
+        bad = float("nan")
+    config = default_config()
+    config.update_from_flattened_dict({field: bad})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert str(error.value).startswith(f"config.{field}"), str(error.value)
+
+
 # The bad settings the launcher must refuse from the command line, each with its message's start.
 BAD_OVERRIDES = [
+    ("prompt.style=xml", "config.prompt.style: expected one of ('barc', 'arc25')"),
+    ("collapse.action=stop", "config.collapse.action must be one of ('warn', 'rollback')"),
+    ("reward_name=arc-v9", "config.reward_name='arc-v9': expected one of"),
+    ("task_filter=easy", "config.task_filter='easy': expected '' (every task) or 'toy_solvable'"),
+    ("dataset=no/such/tasks", "config.dataset='no/such/tasks': expected a bundled dataset"),
+    ("remat_policy=keep_all", "config.remat_policy='keep_all': expected a jax.checkpoint_policies name"),
+    ("lr_scheduler_type=linear", "config.lr_scheduler_type must be one of"),
     ("num_generations=-1", "config.num_generations=-1: expected an integer >= 2"),
     ("num_generations=0", "config.num_generations=0: expected an integer >= 2"),
     ("generation_batch_size=0", "config.generation_batch_size=0: expected a positive multiple"),

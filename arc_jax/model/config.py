@@ -168,11 +168,11 @@ class LoraConfig:
 
     def __post_init__(self):
         if self.rank < 1:
-            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"LoraConfig.rank must be >= 1, got {self.rank}")
         unknown = sorted(set(self.target_modules) - set(LORA_MODULES))
         if unknown or not self.target_modules:
-            raise ConfigError(f"LoRA target_modules {list(self.target_modules)} must be a "
-                              f"non-empty subset of {list(LORA_MODULES)}")
+            raise ConfigError(f"LoraConfig.target_modules={list(self.target_modules)}: expected "
+                              f"a non-empty subset of {list(LORA_MODULES)}")
 
     @property
     def scaling(self) -> float:

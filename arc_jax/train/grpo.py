@@ -41,6 +41,7 @@ Where this differs from TRL:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -133,6 +134,11 @@ class GRPOLossConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"GRPOLossConfig.{name} must be one of {allowed}, got {value!r}")
+        for field in dataclasses.fields(self):  # every number finite (a NaN passes any >=)
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"GRPOLossConfig.{field.name} must be a finite number, "
+                                 f"got {value}")
         if self.beta < 0:
             raise ValueError(f"GRPOLossConfig.beta must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon < 1:

@@ -44,7 +44,7 @@ from arc_jax.rollout.memory import free_device_bytes
 from arc_jax.train import grpo
 from arc_jax.train import report
 from arc_jax.train.checkpoint import Checkpointer
-from arc_jax.train.collapse import CollapseConfig, CollapseGuard
+from arc_jax.train.collapse import CollapseGuard
 from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
@@ -279,7 +279,7 @@ class _Trainer:
         self.completion_buckets = completion_buckets(config)
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
         self.stream = episode.task_stream(config, tasks)
-        self.guard = CollapseGuard(CollapseConfig(**config.collapse.to_dict()))
+        self.guard = CollapseGuard(session.collapse_config(config))
         self.eos_ids = prompts.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.lr_scale = 1.0

@@ -229,6 +229,9 @@ def prediction_fields(record: rewards.CompletionRecord) -> dict:
             "reward": record.reward}
 
 
+SAMPLED_FIELDS = ("task_id", "round", "augmentation", "completion")  # a line before scoring
+
+
 def append_round(path: pathlib.Path, lines: Sequence[dict]) -> None:
     """One gzip member per round (mtime 0, so the bytes depend on the content only)."""
     text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
@@ -252,7 +255,7 @@ def read_rounds(path: pathlib.Path) -> dict[int, list[dict]]:
         if not member.eof:
             break
         lines = [json.loads(line) for line in text.decode().splitlines()]
-        rounds[lines[0]["round"]] = [{k: line[k] for k in ("task_id", "round", "augmentation", "completion")}
+        rounds[lines[0]["round"]] = [{k: line[k] for k in SAMPLED_FIELDS}
                                      for line in lines]
         end = len(raw) - len(member.unused_data)
     if end < len(raw):

@@ -16,7 +16,8 @@ The final two attempts per test input come from every round's programs by arc25'
 No test output reaches the loop: the tasks lose them as they are loaded. When the dataset has
 them, a last, separate step scores the predictions (test pass rate per round, pass@k per
 round, the submission's score). With `config.search.baseline`, the same rounds are sampled
-first without learning ("plain": the same prompts, augmentations and seeds), side by side.
+first without learning ("plain": the same prompts, augmentations and seeds), side by side;
+search's round 0, before any learning, is plain's (the same samples), not sampled again.
 
 Files in `config.search.output_dir`, per policy ("plain", "search"): predictions.jsonl.gz (a
 gzip member per round, as in `eval`), relabelled.jsonl (the kept set: task, relabelled pairs,
@@ -117,12 +118,17 @@ def search(config: ml_collections.ConfigDict, model, tokenizer, tasks: Mapping[s
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     results = {}
     for name in policies(config):
-        learner = None
+        learner, round_zero = None, None
         if name == "search":
             learner = Learner(config, model, tokenizer, maker, buckets, tasks, out / "adapters")
+        if name == "search" and "plain" in results:
+            # Before any learning, search samples what plain sampled (the same weights, prompts
+            # and seeds): its round 0 is plain's, not sampled twice.
+            round_zero = [{k: line[k] for k in evaluation.SAMPLED_FIELDS}
+                          for line in results["plain"][0].lines]
         try:
             results[name] = run_rounds(config, name, engine, pool, maker, tokenizer, tasks, out,
-                                       learner)
+                                       learner, round_zero)
         finally:
             if learner is not None:
                 learner.close()
@@ -131,9 +137,11 @@ def search(config: ml_collections.ConfigDict, model, tokenizer, tasks: Mapping[s
 
 def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.PromptMaker,
                tokenizer, tasks: Mapping[str, data.Task], out: pathlib.Path,
-               learner: Learner | None) -> list[RoundResult]:
+               learner: Learner | None, round_zero: list[dict] | None = None
+               ) -> list[RoundResult]:
     """The rounds of one policy, resuming after the rounds already in its predictions file
-    and the learning phases already in `learner`'s checkpoints."""
+    and the learning phases already in `learner`'s checkpoints; `round_zero`, when given, is
+    round 0's lines, taken instead of sampled."""
     s = config.search
     path = out / f"{name}.predictions.jsonl.gz"
     done = evaluation.read_rounds(path)
@@ -146,6 +154,9 @@ def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.Pr
     for r in range(s.rounds):
         if r in done:
             lines = done[r]
+        elif r == 0 and round_zero is not None:
+            lines = round_zero
+            bar.write(f"{name} round 0: the plain policy's (the same weights and seeds)")
         else:
             lines, figures = evaluation.sample_round(config, engine, maker,
                                                      prompts.stop_token_ids(tokenizer), tasks, r,

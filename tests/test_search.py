@@ -150,3 +150,23 @@ def test_a_bad_search_setting_exits_with_one_line_before_any_work(override, mess
     assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), output
     assert "Traceback" not in result.stderr
     assert "search plan" not in result.stdout and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_with_the_baseline_search_takes_plain_round_0_instead_of_sampling_it(tiny_policy,
+                                                                             datasets, tmp_path):
+    # Before any learning the search policy is the plain one (same weights, prompts, seeds):
+    # its round 0 must be plain's, and sampled once.
+    config = scripted_engine.search_config(tiny_policy, datasets[0], str(tmp_path))
+    config.search.baseline = True
+    _, engine = scripted_engine.run(config)
+    assert engine.calls == 3 + 2  # plain's three rounds, then search's rounds 1 and 2
+
+    def round_lines(name, r):
+        from arc_jax import eval as evaluation
+
+        lines = evaluation.read_rounds(tmp_path / f"{name}.predictions.jsonl.gz")[r]
+        return [json.dumps(line, sort_keys=True) for line in lines]
+    assert round_lines("search", 0) == round_lines("plain", 0)
+    rows = json.loads((tmp_path / "search.rounds.json").read_text())
+    assert [r["programs"] for r in rows] == [9, 9, 9] and rows[0]["learn_pairs"] > 0

@@ -48,7 +48,7 @@ from arc_jax.train.collapse import CollapseGuard
 from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
-from arc_jax.data.task_stream import Draw
+from arc_jax.data.task_stream import Draw, TaskStream
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
 
@@ -264,6 +264,31 @@ def _dry_run(config: ml_collections.ConfigDict) -> dict:
     return {"plan": dataclasses.asdict(plan), "preview": summary}
 
 
+@dataclasses.dataclass
+class RunState:
+    """Everything a checkpoint keeps besides the arrays (its meta): the task stream's position
+    and task-selection counts, the collapse guard's memory, the skip counters, and the
+    learning-rate scale that rollbacks lowered."""
+
+    stream: TaskStream
+    guard: CollapseGuard
+    skipped_prompts: int = 0
+    skipped_updates: int = 0
+    lr_scale: float = 1.0
+
+    def to_meta(self) -> dict:
+        return {"stream": self.stream.state_dict(), "guard": self.guard.state_dict(),
+                "skipped_prompts": self.skipped_prompts, "skipped_updates": self.skipped_updates,
+                "lr_scale": self.lr_scale}
+
+    def load_meta(self, meta: dict) -> None:
+        # checkpoints before task selection kept the stream's position alone
+        self.stream.load_state_dict(meta.get("stream", {"position": meta.get("stream_position", 0)}))
+        self.guard.load_state_dict(meta["guard"])
+        self.skipped_prompts, self.skipped_updates = meta["skipped_prompts"], meta["skipped_updates"]
+        self.lr_scale = meta["lr_scale"]
+
+
 class _Trainer:
     """The state of one run and its steps; `run()` trains, evaluates and reports."""
 
@@ -278,20 +303,18 @@ class _Trainer:
         self.buckets, self.sampler = buckets, engine
         self.completion_buckets = completion_buckets(config)
         self.make_prompt = PromptMaker(config, tokenizer, plan.max_prompt_length)
-        self.stream = episode.task_stream(config, tasks)
-        self.guard = CollapseGuard(session.collapse_config(config))
+        self.state = RunState(episode.task_stream(config, tasks),
+                              CollapseGuard(session.collapse_config(config)))
         self.eos_ids = prompts.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.lr_scale = 1.0
         self.updater = self._make_updater()
         self._check_update_memory()
-        self.skipped_prompts = 0
-        self.skipped_updates = 0
         self.warm = False  # set after the first step of this process: compiles after it are news
 
     def _make_updater(self) -> GRPOUpdater:
         return GRPOUpdater(self.model, self.loss,
-                           session.optimizer_config(self.config, self.plan.total_steps, self.lr_scale),
+                           session.optimizer_config(self.config, self.plan.total_steps,
+                                                   self.state.lr_scale),
                            mesh=self.mesh, num_micro_batches=self.plan.micro_batches,
                            temperature=self.config.temperature)
 
@@ -305,32 +328,24 @@ class _Trainer:
 
     # --- checkpoints
 
-    def _meta(self) -> dict:
-        return {"stream": self.stream.state_dict(), "guard": self.guard.state_dict(),
-                "skipped_prompts": self.skipped_prompts, "skipped_updates": self.skipped_updates,
-                "lr_scale": self.lr_scale}
-
     def _restore(self, step: int | None) -> int:
         """Loads the checkpoint of `step` (latest if None); returns its step, 0 when there is none."""
         if self.checkpointer.latest_step() is None:
             return 0
         arrays, meta = self.checkpointer.restore(step, abstract_arrays=self.updater.state())
         self._set_lr_scale(meta["lr_scale"])
+        self.state.load_meta(meta)
         self.updater.load_state(arrays)
-        # checkpoints before task selection kept the position alone
-        self.stream.load_state_dict(meta.get("stream", {"position": meta.get("stream_position", 0)}))
-        self.guard.load_state_dict(meta["guard"])
-        self.skipped_prompts, self.skipped_updates = meta["skipped_prompts"], meta["skipped_updates"]
         self.sampler.update_weights(nnx.state(self.model, LoraParam), version=meta["step"])
         return meta["step"]
 
     def _set_lr_scale(self, scale: float) -> None:
         """A new learning rate needs a new compiled update; the optimiser state carries over."""
-        if scale != self.lr_scale:
-            state = self.updater.state()
-            self.lr_scale = scale
+        if scale != self.state.lr_scale:
+            arrays = self.updater.state()
+            self.state.lr_scale = scale
             self.updater = self._make_updater()
-            self.updater.load_state(state)
+            self.updater.load_state(arrays)
 
     # --- one step
 
@@ -340,8 +355,8 @@ class _Trainer:
         timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
 
         def sample(count: int, batch: int) -> list[Group]:
-            draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.stream, count)
-            self.skipped_prompts += skipped
+            draws, prompt_ids, skipped = self.make_prompt.next_prompts(self.state.stream, count)
+            self.state.skipped_prompts += skipped
             sampling = session.sampling_params(
                 config, self.eos_ids, seed=seeds.step_sampling(config.seed, step, batch))
             groups, rollout_s, reward_s = sample_and_score(
@@ -352,7 +367,7 @@ class _Trainer:
             if config.task_selection.enabled:  # the pass rates it draws by, the same on every host
                 solved = distributed.agree([sum(r.solved for r in g.records) for g in groups])
                 for group, count in zip(groups, solved):
-                    self.stream.observe(group.draw.task.id, count, len(group.records))
+                    self.state.stream.observe(group.draw.task.id, count, len(group.records))
             return episode.agree_rewards(groups)
 
         max_batches = config.dynamic_sampling_max_batches if config.dynamic_sampling else 1
@@ -385,7 +400,7 @@ class _Trainer:
                                                sampler_logprobs, batch.completion_mask)
         for _ in range(config.num_iterations):
             update = self.updater.step(batch)
-            self.skipped_updates += int(update.get("skipped", 0))
+            self.state.skipped_updates += int(update.get("skipped", 0))
         update_s = time.perf_counter() - begin
         sync = {}
         if step % config.rollout.sync_every == 0:
@@ -394,8 +409,8 @@ class _Trainer:
             sync = {"time/sync_s": time.perf_counter() - begin}
         tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         return {**rollout_metrics(groups), **reward_stats, **update,
-                "skipped_prompts": float(self.skipped_prompts),
-                "skipped_updates": float(self.skipped_updates),
+                "skipped_prompts": float(self.state.skipped_prompts),
+                "skipped_updates": float(self.state.skipped_updates),
                 **agreement, **sync, **rollout_stats, "time/update_s": update_s,
                 "time/step_s": time.perf_counter() - step_begin,
                 "tokens_per_s": tokens / max(rollout_s, 1e-9),
@@ -450,7 +465,7 @@ class _Trainer:
             metrics = distributed.agree(self.step(step))  # process 0's, on every process
             if step % config.logging_steps == 0 or step == self.plan.total_steps:
                 self.logger.log(step, metrics)
-                verdict = self.guard.update(step, metrics)
+                verdict = self.state.guard.update(step, metrics)
                 if verdict.stop:
                     logging.warning("collapse guard stopped the run at step %d", step)
                     break
@@ -460,7 +475,7 @@ class _Trainer:
                     continue
             progress.update(step, metrics)
             if step % config.save_steps == 0 or step == self.plan.total_steps:
-                self.checkpointer.save(step, self.updater.state(), self._meta())
+                self.checkpointer.save(step, self.updater.state(), self.state.to_meta())
         progress.close()
         self.checkpointer.wait()
         after = self.evaluate("after") if config.eval.num_samples else None
@@ -476,11 +491,12 @@ class _Trainer:
         target = self.checkpointer.latest_step(at_most=verdict.rollback_to)
         if target is None:
             raise RuntimeError("collapse guard asked for a rollback but no checkpoint is old enough")
-        guard_state = self.guard.state_dict()  # the guard remembers the collapse, not the checkpoint
+        guard_state = self.state.guard.state_dict()  # it remembers the collapse, not the checkpoint
         step = self._restore(target)
-        self.guard.load_state_dict(guard_state)
+        self.state.guard.load_state_dict(guard_state)
         self._set_lr_scale(verdict.lr_scale)
         self.checkpointer.delete_after(step)
         self.logger.truncate_after(step)
-        logging.warning("collapse guard: rolled back to step %d, learning rate x%.3g", step, self.lr_scale)
+        logging.warning("collapse guard: rolled back to step %d, learning rate x%.3g", step,
+                        self.state.lr_scale)
         return step

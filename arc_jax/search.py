@@ -170,7 +170,10 @@ def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.Pr
         row = round_row(r, records, kept)
         if learner is not None and r < s.rounds - 1:
             if r >= learned:
-                learner.learn(r, kept, engine)
+                begin = time.perf_counter()
+                learner.learn(r, kept, engine)  # (its seconds stay out of the files: not a result)
+                bar.write(f"{name} round {r}: learned in {time.perf_counter() - begin:.1f} s "
+                          "(compilation included)")
             row |= learner.history[r]
         results.append(RoundResult(lines, records, row))
         write_atomically(rows_path, json.dumps([x.row for x in results], indent=1))
@@ -291,7 +294,6 @@ class Learner:
         weights = np.array([1 + item.train_correct for item, p in zip(items, encoded)
                             if p is not None], np.float64)
         figures = {"learn_pairs": len(pairs)}
-        begin = time.perf_counter()
         if pairs and s.learn_steps:
             # one padded shape for the phase (one compile), from its longest prompt and completion
             prompt_len = self.buckets(max(len(p) for p, _ in pairs))
@@ -307,7 +309,6 @@ class Learner:
                     figures["learn_nll_before"] = round(self.nll(first), 4)
                 self.updater.step(batch)
             figures["learn_nll_after"] = round(self.nll(first), 4)
-            figures["learn_s"] = round(time.perf_counter() - begin, 1)  # compile included
         assert len(self.history) == r, "learning phases run in order"
         self.history.append(figures)
         self.checkpointer.save(r + 1, self.updater.state(), {"history": self.history})

@@ -72,10 +72,11 @@ def run(config: ml_collections.ConfigDict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model_path, tokenizer, tasks = session.policy_and_tasks(config)
     print(plan(config, len(tasks)))
-    model = session.load_policy(config, model_path, session.make_mesh(config))
     max_prompt = config.max_seq_length - config.max_completion_length
-    buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     maker = episode.PromptMaker(config, tokenizer, max_prompt)
+    check_prompt_lengths(config, maker, tasks, e.rounds)
+    model = session.load_policy(config, model_path, session.make_mesh(config))
+    buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     results, timings = {}, {}
     with ExecutionPool(session.execution_config(config)) as pool, \
             session.make_engine(config, model, tokenizer, buckets, model_path) as engine:
@@ -150,6 +151,22 @@ def round_draws(config: ml_collections.ConfigDict, tasks: Mapping[str, data.Task
             augmentation = data.Augmentation.sample(rng, config.augment.change_background_probability)
         draws.append(Draw(i, r, augmentation.apply_task(tasks[task_id]), augmentation))
     return draws
+
+
+def check_prompt_lengths(config, maker: episode.PromptMaker, tasks: Mapping[str, data.Task],
+                         rounds: int, augment: bool = True) -> None:
+    """Every prompt of every round fits max_seq_length - max_completion_length (the length an
+    engine is started for); else one line naming the first that does not, before the model
+    loads, rather than an engine's error hours into the run."""
+    for r in range(rounds):
+        for d in round_draws(config, tasks, r, augment):
+            length = len(maker(d.task, seed=maker.seed(d)))
+            if not maker.fits(length):
+                raise ConfigError(
+                    f"task {d.task.id}, round {r}: its prompt has {length} tokens, more than "
+                    f"max_seq_length - max_completion_length = {maker.max_prompt_length}; raise "
+                    f"config.max_seq_length to at least {length + config.max_completion_length} "
+                    "or leave the task out of config.dataset")
 
 
 def sample_round(config, engine, maker: episode.PromptMaker, stop_ids: tuple[int, ...],

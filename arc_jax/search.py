@@ -88,8 +88,10 @@ def run(config: ml_collections.ConfigDict) -> dict:
     model_path, tokenizer, tasks = session.policy_and_tasks(config)
     hidden = hide_test_outputs(tasks)
     print(plan(config, len(hidden)))
-    model = session.load_policy(config, model_path, session.make_mesh(config))
     max_prompt = config.max_seq_length - config.max_completion_length
+    evaluation.check_prompt_lengths(config, episode.PromptMaker(config, tokenizer, max_prompt),
+                                    hidden, s.rounds, s.augment)
+    model = session.load_policy(config, model_path, session.make_mesh(config))
     buckets = PromptBuckets(bits=config.prompt_bucket_bits, maximum=max_prompt)
     with ExecutionPool(session.execution_config(config)) as pool, \
             session.make_engine(config, model, tokenizer, buckets, model_path) as engine:

@@ -141,3 +141,26 @@ def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_p
             cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
     assert "solved tasks:" in result.stdout and "of 2" in result.stdout
+
+
+def test_a_prompt_over_the_length_limit_stops_eval_with_one_line_before_the_model_loads(
+        tiny_policy, tmp_path, monkeypatch):
+    import re
+
+    from arc_jax.config import ConfigError
+
+    config = eval_config(tiny_policy)
+    config.max_seq_length = 600  # 594 prompt tokens: ARC prompts of 20 x 20 grids need more
+    config.eval.output_dir = str(tmp_path / "out")
+    monkeypatch.setattr(session, "load_policy", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError) as error:
+        evaluation.run(config)
+    match = re.fullmatch(r"task (\w+), round (\d): its prompt has (\d+) tokens, more than "
+                         r"max_seq_length - max_completion_length = 594; raise "
+                         r"config.max_seq_length to at least (\d+) or leave the task out of "
+                         r"config.dataset", str(error.value))
+    assert match, str(error.value)
+    task_id, length, needed = match[1], int(match[3]), int(match[4])
+    assert task_id in sorted(data.load_tasks("arc-agi-1/training"))[:2]
+    assert length > 594 and needed == length + 6
+    assert not list((tmp_path / "out").glob("*.predictions.jsonl.gz"))

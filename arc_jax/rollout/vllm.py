@@ -245,20 +245,44 @@ class VLLMServer:
             return "(no log)"
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group, SIGKILL after 20 s."""
+        """SIGTERM to the server's process group, SIGKILL after 20 s; returns when no process
+        of the group is left (the server's engine workers can outlive it by a moment)."""
         if self.process is None:
             return
+        group = self.process.pid
         for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
             try:
-                os.killpg(self.process.pid, sig)
+                os.killpg(group, sig)
             except ProcessLookupError:
                 break
-            try:
-                self.process.wait(timeout=wait_s)
+            if self._wait_for_group(group, wait_s):
                 break
-            except subprocess.TimeoutExpired:
-                continue
         self.process = None
+
+    def _wait_for_group(self, group: int, timeout_s: float) -> bool:
+        """True once no live process of `group` is left (the server itself reaped), within
+        timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.process.poll()  # reaps the server once it exits
+            if not _group_alive(group):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the process group, other than a zombie, is alive (Linux /proc;
+    zombies are left out: a container's first process may never reap them)."""
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if pgrp == str(group) and state != "Z":
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -19,6 +19,7 @@ import math
 import pathlib
 import shutil
 import subprocess
+import sys
 
 LLAMA3_EOT = 128009  # <|eot_id|>, which the BARC model ends its answer with
 CARDS = {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}  # HBM B/s, dense bf16 FLOP/s
@@ -216,3 +217,27 @@ def summarize_trace(trace_dir: pathlib.Path, top: int = 25) -> dict:
                 stream["by_scope"] = ranked(by_scope)
             streams.append(stream)
     return {"streams": streams}
+
+
+def load_config(config_file: pathlib.Path, overrides: list[str]):
+    """The ConfigDict of a config file with the command's --config.x=y overrides applied (other
+    arguments ignored), values typed as the field is, as the launcher types them."""
+    import importlib.util
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:  # the config file imports configs and arc_jax
+        sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location("benchmark_config", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for override in overrides:
+        if not override.startswith("--config."):
+            continue
+        key, value = override.removeprefix("--config.").split("=", 1)
+        old = config
+        for part in key.split("."):
+            old = old[part]
+        config.update_from_flattened_dict(
+            {key: value == "True" if isinstance(old, bool) else type(old)(value)})
+    return config

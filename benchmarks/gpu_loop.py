@@ -194,18 +194,7 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
 
 def run_config(overrides: list[str]) -> dict:
     """The batch shape of the reference config file with the command's overrides applied."""
-    import importlib.util
-
-    if str(ROOT) not in sys.path:  # the config file imports arc_jax
-        sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("reference_config", ROOT / CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for override in overrides:
-        key, value = override.removeprefix("--config.").split("=", 1)
-        old = config[key] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
-        config.update_from_flattened_dict({key: type(old)(value)})
+    config = fixtures.load_config(ROOT / CONFIG, overrides)
     max_prompt = config.max_seq_length - config.max_completion_length
     return {"num_generations": config.num_generations,
             "generation_batch_size": config.generation_batch_size,

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+import fixtures
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = "configs/search_barc_8b.py"
 
@@ -60,30 +62,10 @@ def completion(description: str, body: str) -> str:
             f"of the input.\n\n```python\n{HEADER}def transform(input_grid):\n{body}\n```")
 
 
-def load_config(config_args: list[str]):
-    """The config file of `config_args` with its --config.x=y overrides applied."""
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT))  # the config file imports configs and arc_jax
-    spec = importlib.util.spec_from_file_location("search_config", ROOT / CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for arg in config_args:
-        if arg.startswith("--config."):
-            key, value = arg.removeprefix("--config.").split("=", 1)
-            old = config
-            for part in key.split("."):
-                old = old[part]
-            value = value == "True" if isinstance(old, bool) else type(old)(value)
-            config.update_from_flattened_dict({key: value})
-    return config
-
-
 def write_round_zero(config_args: list[str], checkpoint: pathlib.Path, path: pathlib.Path,
                      predictions: int) -> int:
     """Round 0 of the search policy's predictions file, for the tasks the command will load."""
-    config = load_config(config_args)
+    config = fixtures.load_config(ROOT / CONFIG, config_args)
     from arc_jax import data, session
 
     tasks = session.select_tasks(config, session.tokenizer(str(checkpoint)))

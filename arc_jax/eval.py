@@ -121,9 +121,10 @@ def write_dataset(tasks: Mapping[str, data.Task], out: pathlib.Path) -> pathlib.
 
 def load_adapter(config: ml_collections.ConfigDict, model) -> None:
     """The LoRA weights of config.checkpoint into the model: a PEFT adapter folder, or the
-    newest (or `config.eval.step`) Orbax checkpoint of a training workdir."""
+    newest (or `config.eval.step`) Orbax checkpoint of a training workdir (its optimiser state
+    is read to the host and dropped)."""
     from arc_jax.train.checkpoint import Checkpointer
-    from arc_jax.train.update import GRPOUpdater
+    from arc_jax.train.update import abstract_state
 
     source = pathlib.Path(config.checkpoint)
     if (source / "adapter_config.json").is_file():
@@ -132,10 +133,10 @@ def load_adapter(config: ml_collections.ConfigDict, model) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r}: not a training workdir, "
                                 "checkpoints folder or PEFT adapter folder")
-    updater = GRPOUpdater(model, session.loss_config(config), session.optimizer_config(config, 1))
+    target = abstract_state(model, session.optimizer_config(config, 1))
     with Checkpointer(folder, max_to_keep=None) as checkpointer:
-        arrays, meta = checkpointer.restore(config.eval.step or None, abstract_arrays=updater.state())
-    updater.load_state(arrays)
+        arrays, meta = checkpointer.restore(config.eval.step or None, abstract_arrays=target)
+    nnx.update(model, nnx.State(arrays["lora"]))
     print(f"loaded the adapter of step {meta['step']} from {folder}")
 
 

@@ -164,3 +164,42 @@ def test_a_prompt_over_the_length_limit_stops_eval_with_one_line_before_the_mode
     assert task_id in sorted(data.load_tasks("arc-agi-1/training"))[:2]
     assert length > 594 and needed == length + 6
     assert not list((tmp_path / "out").glob("*.predictions.jsonl.gz"))
+
+
+def test_eval_loads_the_adapters_of_a_training_checkpoint_without_building_an_updater(
+        tiny_policy, tmp_path, monkeypatch):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from arc_jax.model import LoraParam
+    from arc_jax.train import update
+    from arc_jax.train.checkpoint import Checkpointer
+
+    config = eval_config(tiny_policy)
+    mesh = session.make_mesh(config)
+    trained = session.load_policy(config, tiny_policy, mesh)
+    saved = update.GRPOUpdater(trained, session.loss_config(config),
+                               session.optimizer_config(config, 1)).state()
+    rng = np.random.default_rng(0)
+    steps = {}
+    with Checkpointer(tmp_path / "run" / "checkpoints", max_to_keep=None) as checkpointer:
+        for step in (1, 2):
+            lora = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), saved["lora"])
+            steps[step] = lora
+            checkpointer.save(step, {**saved, "lora": lora}, {"step": step})
+
+    def no_updater(*args, **kwargs):
+        raise AssertionError("eval built a GRPOUpdater to read adapters")
+
+    monkeypatch.setattr(update.GRPOUpdater, "__init__", no_updater)
+    config.checkpoint = str(tmp_path / "run")
+    for step, expected_step in ((0, 2), (1, 1)):
+        config.eval.step = step
+        model = session.load_policy(config, tiny_policy, mesh)
+        evaluation.load_adapter(config, model)
+        loaded = nnx.to_pure_dict(nnx.state(model, LoraParam))
+        expected = steps[expected_step]
+        assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+        for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(got), want)

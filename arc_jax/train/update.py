@@ -406,6 +406,22 @@ def _updater_sharding(model: Llama, mesh: Mesh | None) -> Sharding | None:
     return model.sharding
 
 
+def abstract_state(model: Llama, optimizer_config: OptimizerConfig) -> dict:
+    """The shapes of `GRPOUpdater.state()` for this model, without building an updater: the
+    LoRA arrays on the model's shardings, the optimiser state and step as host arrays. Restoring
+    a training checkpoint into it loads the adapters without an Adam state on the device."""
+    _, lora, _ = nnx.split(model, LoraParam, ...)
+    lora = nnx.to_pure_dict(lora)
+    on_host = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return {
+        "lora": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                             lora),
+        "opt_state": jax.tree.map(on_host, jax.eval_shape(make_optimizer(optimizer_config).init,
+                                                          lora)),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+
+
 class GRPOUpdater:
     """Trains a `Llama`'s LoRA adapters with GRPO, one jit-compiled update per `step`.
 

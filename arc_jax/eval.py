@@ -205,6 +205,23 @@ def score_lines(config, pool: ExecutionPool, lines: Sequence[dict],
     return records
 
 
+def solve_rates(lines: Sequence[dict], records: Sequence[rewards.CompletionRecord]) -> dict:
+    """The solve statistics of scored lines (training's before/after table): the mean over tasks
+    of the fraction of samples solved, the fraction of tasks any sample solved, the fraction of
+    programs that parse, and each task's fraction solved."""
+    by_task: dict[str, list[rewards.CompletionRecord]] = {}
+    for line, record in zip(lines, records, strict=True):
+        by_task.setdefault(line["task_id"], []).append(record)
+    per_task = {task_id: float(np.mean([r.solved for r in rs])) for task_id, rs in by_task.items()}
+    return {
+        "samples_per_task": len(records) // max(len(by_task), 1),
+        "sample_solve_rate": float(np.mean(list(per_task.values()))),
+        "tasks_solved": float(np.mean([rate > 0 for rate in per_task.values()])),
+        "valid_code_ratio": float(np.mean([r.parsed for r in records])),
+        "per_task": per_task,
+    }
+
+
 def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, stop_ids: tuple[int, ...],
              tasks: Mapping[str, data.Task], path: pathlib.Path, timings: list | None = None
              ) -> dict[str, list[rewards.CompletionRecord]]:

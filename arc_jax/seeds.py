@@ -48,14 +48,9 @@ def step_sampling(seed: int, step: int, batch: int = 0) -> int:
     return seed * _SPREAD + step + batch * 7_919_000_003
 
 
-def solve_rate_sampling(seed: int) -> int:
-    """The sampling seed of the before/after-training evaluation (the same for both, so the
-    two tables differ by the policy only)."""
-    return seed + 7
-
-
 def eval_sampling(seed: int, round_index: int) -> int:
-    """The sampling seed of evaluation round r."""
+    """The sampling seed of evaluation round r (round 0 also for training's before/after
+    table, the same for both, so the two differ by the policy only)."""
     return seed + 104_729 * round_index
 
 

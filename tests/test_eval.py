@@ -203,3 +203,74 @@ def test_eval_loads_the_adapters_of_a_training_checkpoint_without_building_an_up
         assert jax.tree.structure(loaded) == jax.tree.structure(expected)
         for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
             np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_training_before_and_after_table_is_the_evaluators_solve_rate(tmp_path):
+    # Training's before/after table goes through eval's sample-and-score path. The scripted
+    # engine answers with programs from a fixed list; the expected rates come from running
+    # those programs here, on the tasks' grids, outside the sandbox and the scoring code.
+    import json
+
+    import numpy as np
+
+    import scripted_engine
+    from conftest import save_tiny_llama3_policy
+    from arc_jax.train import loop
+
+    task_ids = ("67a3c6ac", "68b16354", "74dd1130", "007bbfb7")  # 3 solvable by the list, 1 not
+    all_tasks = data.load_tasks("arc-agi-1/training")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    for task_id in task_ids:
+        (folder / f"{task_id}.json").write_text(json.dumps(data.task_to_json(all_tasks[task_id])))
+
+    def solves(code: str, task) -> bool:
+        if "def transform" not in code:
+            return False
+        scope = {}
+        exec(code, scope)  # the fixed, known programs of the scripted engine
+        return all(np.array_equal(scope["transform"](np.array(p.input)), p.output)
+                   for p in (*task.train, *task.test))
+
+    solved = {t: [solves(code, all_tasks[t]) for code in scripted_engine.PROGRAMS]
+              for t in task_ids}
+    assert sum(map(any, solved.values())) == 3
+
+    config = default_config()
+    config.model_path = save_tiny_llama3_policy(tmp_path / "policy")
+    config.workdir = str(tmp_path / "run")
+    config.dtype = "float32"
+    config.dataset = str(folder)
+    config.max_seq_length, config.max_completion_length = 4096, 48
+    config.prompt.style, config.prompt.prefill_assistant = "arc25", True
+    config.lora.rank = 4
+    config.num_generations, config.generation_batch_size = 2, 2
+    config.max_steps = config.save_steps = 1
+    config.tensorboard = config.compilation_cache = False
+    config.execution.num_workers = 2
+    config.eval.num_samples = 6
+
+    calls = []
+
+    class Recording(scripted_engine.ScriptedEngine):
+        def generate(self, prompts, n, sampling):
+            calls.append((len(prompts), n, sampling.seed))
+            return super().generate(prompts, n, sampling)
+
+    loop.run(config, make_engine=lambda config, model, tokenizer, *_: Recording(tokenizer))
+
+    ordered = sorted(task_ids)
+    for name, call in (("before", calls[0]), ("after", calls[-1])):
+        assert call[:2] == (4, 6)
+        picks = {}  # the engine draws a prompt's 6 picks from one generator
+        for i, t in enumerate(ordered):
+            rng = np.random.default_rng([call[2], i])
+            picks[t] = [int(rng.integers(len(scripted_engine.PROGRAMS))) for _ in range(6)]
+        per_task = {t: float(np.mean([solved[t][k] for k in picks[t]])) for t in ordered}
+        result = json.loads((tmp_path / "run" / f"eval_{name}.json").read_text())
+        assert result["per_task"] == pytest.approx(per_task)
+        assert result["sample_solve_rate"] == pytest.approx(np.mean(list(per_task.values())))
+        assert result["tasks_solved"] == pytest.approx(np.mean([r > 0 for r in per_task.values()]))
+        parses = [scripted_engine.PROGRAMS[k] != "no code here" for t in ordered for k in picks[t]]
+        assert result["valid_code_ratio"] == pytest.approx(np.mean(parses))
+    assert calls[0][2] == calls[-1][2]  # one seed for both: the tables differ by the policy only

@@ -22,7 +22,7 @@ import json
 import math
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -36,10 +36,11 @@ from arc_jax import prompts
 from arc_jax import seeds
 from arc_jax import session
 from arc_jax import episode
+from arc_jax import eval as evaluation
 from arc_jax.episode import Group, PromptMaker, sample_and_score
 from arc_jax.execution import ExecutionPool
 from arc_jax.model import LoraParam
-from arc_jax.rollout import PromptBuckets, RolloutEngine, SamplingParams
+from arc_jax.rollout import PromptBuckets, RolloutEngine
 from arc_jax.rollout.memory import free_device_bytes
 from arc_jax.train import grpo
 from arc_jax.train import report
@@ -48,7 +49,7 @@ from arc_jax.train.collapse import CollapseGuard
 from arc_jax.train.compiles import CompileCounter, use_persistent_cache
 from arc_jax.train.memory import check_update_fits
 from arc_jax.train.metrics_log import MetricsLogger, ProgressBar
-from arc_jax.data.task_stream import Draw, TaskStream
+from arc_jax.data.task_stream import TaskStream
 from arc_jax.train.update import GroupBatch, GRPOUpdater
 
 
@@ -192,28 +193,6 @@ def device_memory_metrics() -> dict[str, float]:
         return {}
     return {"memory/peak_gib": stats["peak_bytes_in_use"] / 2**30,
             "memory/in_use_gib": stats.get("bytes_in_use", 0) / 2**30}
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def solve_rates(engine: RolloutEngine, pool: ExecutionPool, make_prompt: PromptMaker,
-                tasks: Mapping[str, data.Task], n: int, sampling: SamplingParams, scheme: str,
-                chunk: int) -> dict:
-    """Samples n completions for each (unaugmented) task; returns the solve statistics."""
-    ids = sorted(tasks)
-    draws = [Draw(i, 0, tasks[task_id], data.Augmentation.identity()) for i, task_id in enumerate(ids)]
-    prompt_ids = [make_prompt(d.task, seed=make_prompt.seed(d)) for d in draws]
-    groups, _, _ = sample_and_score(engine, pool, draws, prompt_ids, n, sampling, scheme, chunk,
-                                    progress=True)
-    per_task = {g.draw.task.id: float(np.mean([r.solved for r in g.records])) for g in groups}
-    return {
-        "samples_per_task": n,
-        "sample_solve_rate": float(np.mean(list(per_task.values()))),
-        "tasks_solved": float(np.mean([rate > 0 for rate in per_task.values()])),
-        "valid_code_ratio": float(np.mean([r.parsed for g in groups for r in g.records])),
-        "per_task": per_task,
-    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -436,16 +415,17 @@ class _Trainer:
                 "time/compile_s": float(sum(c.seconds for c in compiled))}
 
     def evaluate(self, name: str) -> dict:
-        """Solve rates of the current policy on the training tasks, cached in workdir/eval_<name>.json."""
+        """Solve rates of the current policy on the training tasks (as they are, unaugmented),
+        sampled and scored as `arc_jax.eval` does; cached in workdir/eval_<name>.json."""
         path = self.outdir / f"eval_{name}.json"
         if path.exists():
             return json.loads(path.read_text())
-        print(f"evaluating the policy {name} RL: {len(self.tasks)} tasks x "
-              f"{self.config.eval.num_samples} samples", flush=True)
-        sampling = session.sampling_params(self.config, self.eos_ids, seed=seeds.solve_rate_sampling(self.config.seed))
-        result = solve_rates(self.sampler, self.pool, self.make_prompt, self.tasks,
-                             self.config.eval.num_samples, sampling, self.config.reward_name,
-                             self.config.sampler.max_prompts_per_batch)
+        n = self.config.eval.num_samples
+        print(f"evaluating the policy {name} RL: {len(self.tasks)} tasks x {n} samples", flush=True)
+        lines, _ = evaluation.sample_round(self.config, self.sampler, self.make_prompt,
+                                           self.eos_ids, self.tasks, 0, n, augment=False)
+        records = evaluation.score_lines(self.config, self.pool, lines, self.tasks)
+        result = evaluation.solve_rates(lines, records)
         path.write_text(json.dumps(result, indent=1))
         return result
 

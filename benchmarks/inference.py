@@ -103,7 +103,7 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
 
     from arc_jax.model import Llama, LlamaConfig, Numerics
     from arc_jax.rollout import JaxSampler, SamplerConfig, SamplingParams
-    from arc_jax.rollout.decode import PagePool, Rows, SlotCache
+    from arc_jax.rollout.decode import Layout, PagePool, Rows, SlotCache
 
     config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                          num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
@@ -120,7 +120,8 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
         spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
         try:
             compiled = sampler._segment.lower(
-                *sampler._weights, cache, pool, spec((rows, 32), jnp.int32), state,
+                *sampler._weights, cache, pool, spec((rows, 32), jnp.int32),
+                Layout.fixed(slots, rows // slots), state,
                 spec((rows,), bool), spec((rows,), bool), spec((rows, 2), jnp.uint32),
                 spec((), jnp.int32), steps=64, sampling=SamplingParams(top_p=0.95),
                 attention=impl, adapters=False).compile()

@@ -76,6 +76,16 @@ def test_a_sample_does_not_depend_on_the_slot_layout(model):
         assert_same(out, reference)
 
 
+def test_rows_move_to_another_prompt_and_samples_stay_the_same(model):
+    # 2 slots of 2 rows on average, 4 lanes each: the rows are not tied to a slot. All four
+    # start on the oldest prompt (5 samples to start), and rows move between the prompts.
+    reference, _ = run(model, max_rows=64, rows_per_prompt=16)
+    out, stats = run(model, max_rows=4, rows_per_prompt=2)
+    assert (stats["rows"], stats["prompt_slots"], stats["lanes"]) == (4, 2, 4)
+    assert stats["most_rows_on_one_slot"] == 4
+    assert_same(out, reference)
+
+
 def test_a_sample_survives_giving_its_pages_back(model):
     no_stop = sampling(stop_token_ids=())  # every row needs all of its 6 pages
     reference, _ = run(model, params=no_stop)

@@ -30,7 +30,7 @@ from arc_jax.rollout import (
     SamplingParams,
     choose_slots,
 )
-from arc_jax.rollout.decode import PagePool, Rows, SlotCache
+from arc_jax.rollout.decode import Layout, PagePool, Rows, SlotCache
 from arc_jax.rollout.sampler import bucket_length
 
 VOCAB = 97
@@ -148,7 +148,8 @@ def test_prompt_cache_is_not_copied_per_sample(sampler):
         rows = Rows.empty(plan.rows, VOCAB, False)
         b = plan.rows
         compiled = sampler._segment.lower(
-            *sampler._weights, cache, pool, np.zeros((b, 1), np.int32), rows, np.ones(b, bool),
+            *sampler._weights, cache, pool, np.zeros((b, 1), np.int32),
+            Layout.fixed(plan.prompts, plan.rows_per_prompt), rows, np.ones(b, bool),
             np.ones(b, bool), np.zeros((b, 2), np.uint32), np.int32(b + 1), steps=4,
             sampling=SamplingParams(max_new_tokens=4), attention="xla", adapters=True).compile()
         return compiled.memory_analysis().temp_size_in_bytes

@@ -1,6 +1,6 @@
 """Attention of one decoding query per row, in two parts merged by their log-sum-exp.
 
-Shapes: B rows, P prompt slots with R rows each (B = P * R), S prompt length, M pages of ps
+Shapes: B rows, P prompt slots with R query rows (lanes) each, S prompt length, M pages of ps
 tokens, n pages per row, N query heads, K key/value heads, g = N / K, H head dim.
 
 softmax over [prompt keys ; own keys] = the two partial softmaxes weighted by exp(lse):

@@ -1,11 +1,14 @@
 """Continuous-batching decode: prompt slots, a paged completion cache, and segments of steps.
 
-Shapes: P prompt slots, R rows per slot, B = P * R decode rows, S prompt slots' length,
-M pages of `ps` tokens, n pages per row (ceil(max_new_tokens / ps)), D hidden size, N query
-heads, K key/value heads, H head dim, V vocabulary, k steps per segment.
+Shapes: P prompt slots, B decode rows, L lanes per slot (the most rows one slot's prompt
+serves at once), S prompt slots' length, M pages of `ps` tokens, n pages per row
+(ceil(max_new_tokens / ps)), D hidden size, N query heads, K key/value heads, H head dim,
+V vocabulary, k steps per segment.
 
-Row b decodes one sample of the prompt in slot b // R. Each prompt's keys and values exist
-once (`SlotCache`, [P, S, K, H]) and every row of its slot attends to them; a row's own keys
+Row b decodes one sample of the prompt in slot `layout.slot[b]`, in lane `layout.lane[b]` of
+that slot (`Layout`): any row may decode any slot's prompt, so a row that finishes takes the
+next waiting sample of any prompt. Each prompt's keys and values exist once (`SlotCache`,
+[P, S, K, H]) and the rows in its lanes attend to them as one matrix; a row's own keys
 and values live in pages of a shared pool (`PagePool`, [M, ps, K, H]) listed in its row of the
 page table [B, n], so a row holds memory for the tokens it has, not for max_new_tokens, and
 attention reads only the pages written. Page 0 is never given to a row: rows with nothing to
@@ -23,6 +26,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from arc_jax.model.llama import KVCache, Llama
 from arc_jax.rollout import attention as paged
@@ -100,6 +104,27 @@ class Rows:
 
 
 @flax.struct.dataclass
+class Layout:
+    """Which prompt slot each row decodes, set by the host between segments.
+
+    slot [B], lane [B]: row b reads the prompt of slot slot[b] as lane lane[b] of it (an idle
+    row: any values; its outputs are not used). members [P, L]: the row in each lane (an
+    empty lane: any row; its output is not used).
+    """
+
+    slot: jax.Array
+    lane: jax.Array
+    members: jax.Array
+
+    @classmethod
+    def fixed(cls, prompts: int, rows_per_prompt: int) -> Layout:
+        """Rows r * p ... r * p + r - 1 on slot p (lanes = rows per slot)."""
+        rows = np.arange(prompts * rows_per_prompt, dtype=np.int32)
+        return cls(slot=rows // rows_per_prompt, lane=rows % rows_per_prompt,
+                   members=rows.reshape(prompts, rows_per_prompt))
+
+
+@flax.struct.dataclass
 class Segment:
     """What a segment produced. tokens, logprobs, temperature_logprobs [B, k]: row b's tokens of
     this segment are the first count[b] entries (entries past them are 0). steps: decoding
@@ -150,17 +175,13 @@ def grow_slots(cache: SlotCache, prompt_len: int) -> SlotCache:
 
 
 def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Array,
-                cache: SlotCache, pool: PagePool, table: jax.Array, *, attention: str,
-                adapters: bool = True) -> tuple[jax.Array, PagePool]:
+                cache: SlotCache, pool: PagePool, table: jax.Array, layout: Layout, *,
+                attention: str, adapters: bool = True) -> tuple[jax.Array, PagePool]:
     """Feeds each row's token tokens [B] at its own index pos [B]; rows with writes [B] False
     write into the trash page and their outputs are meaningless. Returns the next logits
     [B, V] and the pool with the fed tokens' keys and values written."""
-    b = tokens.shape[0]
-    p = cache.lengths.shape[0]
-    r = b // p
     ps = pool.page_size
-    slot_lengths = jnp.repeat(cache.lengths, r)                                   # [B]
-    positions = (slot_lengths + pos)[:, None]                                     # [B, 1]
+    positions = (cache.lengths[layout.slot] + pos)[:, None]                       # [B, 1]
     page_index = jnp.minimum(pos // ps, table.shape[1] - 1)
     page = jnp.where(writes, jnp.take_along_axis(table, page_index[:, None], 1)[:, 0], TRASH_PAGE)
     offset = jnp.where(writes, pos % ps, 0)
@@ -174,11 +195,10 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
                 pool_k = pool.k[i].at[page, offset].set(k[:, 0].astype(pool.k[i].dtype))
                 pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
             q = q[:, 0]                                                           # [B, N, H]
-            with jax.named_scope("prefix_attention"):
-                prefix = paged.prefix_attention(q.reshape(p, r, *q.shape[1:]), cache.k[i],
-                                                cache.v[i], cache.lengths,
-                                                implementation=attention)
-                prefix = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), prefix)
+            with jax.named_scope("prefix_attention"):  # a slot's lanes as one matrix
+                prefix = paged.prefix_attention(q[layout.members], cache.k[i], cache.v[i],
+                                                cache.lengths, implementation=attention)
+                prefix = jax.tree.map(lambda x: x[layout.slot, layout.lane], prefix)
             with jax.named_scope("own_attention"):
                 *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table,
                                                              own_lengths, implementation=attention)
@@ -193,32 +213,32 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
     return logits, PagePool(k=tuple(new_k), v=tuple(new_v))
 
 
-def start_rows(rows: Rows, cache: SlotCache, active: jax.Array, reset: jax.Array,
-               keys: jax.Array) -> Rows:
+def start_rows(rows: Rows, cache: SlotCache, layout: Layout, active: jax.Array,
+               reset: jax.Array, keys: jax.Array) -> Rows:
     """Rows with reset [B] start a new sample (key keys[b]) of their slot's prompt; rows not
     active [B] stop."""
-    slot = jnp.arange(reset.shape[0]) // (reset.shape[0] // cache.lengths.shape[0])
+    slot = layout.slot
     pick = lambda new, old: jnp.where(reset.reshape(-1, *[1] * (old.ndim - 1)), new, old)
     return Rows(logits=pick(cache.first_logits[slot], rows.logits), pos=pick(0, rows.pos),
                 keys=pick(keys, rows.keys), seen=pick(cache.seen[slot], rows.seen),
                 live=active & (rows.live | reset))
 
 
-def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Array, rows: Rows,
-                   active: jax.Array, reset: jax.Array, keys: jax.Array, exit_after: jax.Array,
-                   *, steps: int,
+def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Array,
+                   layout: Layout, rows: Rows, active: jax.Array, reset: jax.Array,
+                   keys: jax.Array, exit_after: jax.Array, *, steps: int,
                    sampling: SamplingParams, attention: str, adapters: bool = True
                    ) -> tuple[PagePool, Rows, Segment]:
     """Up to `steps` decoding steps of the B rows.
 
-    active [B]: rows with a sample; reset [B], keys [B, 2]: rows that start a new sample now
-    (`start_rows`). table [B, n]: the
+    layout: the slot and lane of each row. active [B]: rows with a sample; reset [B], keys
+    [B, 2]: rows that start a new sample now (`start_rows`). table [B, n]: the
     pages of each row, which must cover every token a live row can reach in `steps` steps.
     The segment ends after `steps` steps, when no row is live, or as soon as `exit_after`
     rows have finished in it. A row finishes when it emits a stop token (kept) or reaches
     sampling.max_new_tokens.
     """
-    rows = start_rows(rows, cache, active, reset, keys)
+    rows = start_rows(rows, cache, layout, active, reset, keys)
     b = reset.shape[0]
     t_max = sampling.max_new_tokens
     stop_ids = jnp.asarray(sampling.stop_token_ids, jnp.int32)
@@ -252,7 +272,7 @@ def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Ar
                       temperature_logprobs=out.temperature_logprobs.at[:, i].set(tlp),
                       count=out.count + live, steps=out.steps + 1, own_read=out.own_read + read)
         seen = rows.seen.at[jnp.arange(b), tokens].max(live) if penalised else rows.seen
-        logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, table,
+        logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, table, layout,
                                    attention=attention, adapters=adapters)
         rows = Rows(logits=logits, pos=rows.pos + live, keys=rows.keys, seen=seen, live=still)
         return i + 1, pool, rows, out, finished + jnp.sum(ended)

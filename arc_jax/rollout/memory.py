@@ -24,7 +24,8 @@ class RolloutMemoryError(UserError, MemoryError):
 
 @dataclasses.dataclass(frozen=True)
 class SlotPlan:
-    """The device memory of P prompt slots of S tokens, B = P * R decode rows, and M pages of
+    """The device memory of P prompt slots of S tokens, B = P * R decode rows (R per slot on
+    average; see `lanes`), and M pages of
     `page_size` tokens (page 0 is the trash page).
 
     prompt_cache: keys and values of the P prompts, their last logits and token sets.
@@ -50,6 +51,12 @@ class SlotPlan:
     @property
     def rows(self) -> int:
         return self.prompts * self.rows_per_prompt
+
+    @property
+    def lanes(self) -> int:
+        """The most rows one slot's prompt serves at once (L): twice its share of the rows, so
+        that rows which finish can move on to another slot's prompt, and at most all rows."""
+        return min(self.rows, 2 * self.rows_per_prompt)
 
     @property
     def pages_per_row(self) -> int:

@@ -1,9 +1,11 @@
 """`JaxSampler`: the in-process rollout engine (CPU, GPU, TPU), with continuous batching.
 
-A call's (prompt, sample) requests run on a fixed set of B decode rows: P prompt slots of R
-rows each (`arc_jax.rollout.decode`). The prompts go through the slots shortest first; a slot
-whose prompt has all its samples done takes the next prompt (one prefill), and a row whose
-sample finished takes the next sample of its slot's prompt. Rows hold their own keys and
+A call's (prompt, sample) requests run on a fixed set of B decode rows and P prompt slots
+(`arc_jax.rollout.decode`). The prompts go through the slots shortest first; a slot whose
+prompt has all its samples done takes the next prompt (one prefill), and a row whose sample
+finished takes the next sample of the oldest prompt with samples left to start, in any slot
+with a free lane (L lanes per slot), so rows do not wait for the slowest sample of their
+prompt. Rows hold their own keys and
 values in pages of a shared pool, given out by the host before each segment of decoding
 steps: enough for the segment, so memory follows the real lengths. When the pool runs short,
 the rows with the least progress give their pages back and their samples start again later;
@@ -31,8 +33,8 @@ from flax import nnx
 from arc_jax import distributed
 from arc_jax.model.llama import Llama
 from arc_jax.model.lora import LoraParam, merge_lora
-from arc_jax.rollout.decode import (PagePool, Rows, SlotCache, decode_segment, grow_slots,
-                                    prefill_slot, row_keys)
+from arc_jax.rollout.decode import (Layout, PagePool, Rows, SlotCache, decode_segment,
+                                    grow_slots, prefill_slot, row_keys)
 from arc_jax.rollout.interface import Completion, SamplingParams
 from arc_jax.rollout.memory import SlotPlan, choose_slots, free_device_bytes
 
@@ -165,11 +167,11 @@ def _prefill(graphdef, lora, base, cache, slot, tokens, length, *, adapters):
                         adapters=adapters)
 
 
-def _segment(graphdef, lora, base, cache, pool, table, rows, active, reset, keys, exit_after, *,
-             steps, sampling, attention, adapters):
-    return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, table, rows, active,
-                          reset, keys, exit_after, steps=steps, sampling=sampling, attention=attention,
-                          adapters=adapters)
+def _segment(graphdef, lora, base, cache, pool, table, layout, rows, active, reset, keys,
+             exit_after, *, steps, sampling, attention, adapters):
+    return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, table, layout, rows,
+                          active, reset, keys, exit_after, steps=steps, sampling=sampling,
+                          attention=attention, adapters=adapters)
 
 
 class JaxSampler:
@@ -207,7 +209,7 @@ class JaxSampler:
                                 donate_argnums=3)
         self._segment = jax.jit(_segment, static_argnums=0,
                                 static_argnames=("steps", "sampling", "attention", "adapters"),
-                                donate_argnums=(4, 6))
+                                donate_argnums=(4, 7))
         self._grow = jax.jit(grow_slots, static_argnums=1)
         self.last_stats: dict[str, float] = {}
 
@@ -320,7 +322,7 @@ class _Run:
         self.sampling = sampling
         model_config = sampler.model_config
         penalised = sampling.repetition_penalty != 1.0
-        self.p, self.r = plan.prompts, plan.rows_per_prompt
+        self.p, self.lanes = plan.prompts, plan.lanes
         self.b = plan.rows
         # The slots start at the bucket of the longest prompt they take first (all of them, when
         # the call has no more prompts than slots: then the call compiles for one length).
@@ -337,7 +339,11 @@ class _Run:
         self.slot_prompt = [-1] * self.p
         self.slot_next = [n] * self.p  # next sample index to start; n = none left
         self.slot_retry: list[list[int]] = [[] for _ in range(self.p)]  # preempted samples
+        self.slot_lanes: list[list[int | None]] = [[None] * self.lanes for _ in range(self.p)]
+        self.slot_order = [0] * self.p  # when the slot took its prompt (the oldest first)
         self.row_sample: list[tuple[int, int] | None] = [None] * self.b
+        self.row_slot = np.zeros(self.b, np.int32)
+        self.row_lane = np.zeros(self.b, np.int32)
         self.row_pages: list[list[int]] = [[] for _ in range(self.b)]
         self.row_chunks: list[list[tuple]] = [[] for _ in range(self.b)]
         self.row_pos = np.zeros(self.b, np.int64)
@@ -349,14 +355,11 @@ class _Run:
     def _to_start(self, slot: int) -> bool:
         return bool(self.slot_retry[slot]) or self.slot_next[slot] < self.n
 
-    def _slot_rows(self, slot: int) -> range:
-        return range(slot * self.r, (slot + 1) * self.r)
-
     def _fill_slots(self) -> None:
         """Slots with nothing left of their prompt take the next prompts (one prefill each)."""
         for slot in range(self.p):
             if not self.pending or self._to_start(slot) or any(
-                    self.row_sample[b] is not None for b in self._slot_rows(slot)):
+                    b is not None for b in self.slot_lanes[slot]):
                 continue
             index = self.pending.popleft()
             prompt = self.prompts[index]
@@ -370,6 +373,7 @@ class _Run:
                                          np.int32(len(prompt)), adapters=not self.s._merge)
             self.slot_prompt[slot], self.slot_next[slot] = index, 0
             self.stats["prefills"] += 1
+            self.slot_order[slot] = self.stats["prefills"]
 
     def _pages_for(self, pos: int) -> int:
         """Pages a row at `pos` tokens needs to run one more segment."""
@@ -383,6 +387,7 @@ class _Run:
             self.row_pages[row].append(page)
 
     def _release(self, row: int) -> None:
+        self.slot_lanes[self.row_slot[row]][self.row_lane[row]] = None
         self.free.extend(reversed(self.row_pages[row]))
         self.row_pages[row] = []
         self.table[row] = 0
@@ -399,33 +404,49 @@ class _Run:
         while running and need(running) > len(self.free):
             victim = running.pop()
             prompt, sample = self.row_sample[victim]
-            self.slot_retry[victim // self.r].insert(0, sample)
+            self.slot_retry[self.row_slot[victim]].insert(0, sample)
             self._release(victim)
             self.stats["preempted"] += 1
         for b in running:
             self._give_pages(b, self._pages_for(self.row_pos[b]))
 
     def _start_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Idle rows take their slot's next samples while pages last: (reset [B], prompt
-        indices [B], sample indices [B])."""
+        """Idle rows take the next samples while pages last, from the slots with preempted
+        samples first, then from the oldest prompt: (reset [B], prompt indices [B], sample
+        indices [B])."""
         reset = np.zeros(self.b, bool)
         prompt_ids = np.zeros(self.b, np.int32)
         sample_ids = np.zeros(self.b, np.int32)
         first = self._pages_for(0)
+        order = sorted(range(self.p), key=lambda p: (not self.slot_retry[p], self.slot_order[p]))
         for b in range(self.b):
-            slot = b // self.r
-            if self.row_sample[b] is not None or not self._to_start(slot) or len(self.free) < first:
+            if self.row_sample[b] is not None or len(self.free) < first:
                 continue
+            slot = next((p for p in order if self._to_start(p) and None in self.slot_lanes[p]),
+                        None)
+            if slot is None:
+                break
             if self.slot_retry[slot]:
                 sample = self.slot_retry[slot].pop(0)
             else:
                 sample = self.slot_next[slot]
                 self.slot_next[slot] += 1
+            lane = self.slot_lanes[slot].index(None)
+            self.slot_lanes[slot][lane] = b
+            self.row_slot[b], self.row_lane[b] = slot, lane
             self.row_sample[b] = (self.slot_prompt[slot], sample)
             self.row_pos[b] = 0
             self._give_pages(b, first)
             reset[b], prompt_ids[b], sample_ids[b] = True, self.slot_prompt[slot], sample
         return reset, prompt_ids, sample_ids
+
+    def _layout(self) -> Layout:
+        """The rows' slots and lanes as the device reads them (idle rows and lanes: 0)."""
+        members = np.array([[0 if b is None else b for b in lanes] for lanes in self.slot_lanes],
+                           np.int32)
+        busy = max(sum(b is not None for b in lanes) for lanes in self.slot_lanes)
+        self.stats["most_rows_on_one_slot"] = max(self.stats["most_rows_on_one_slot"], busy)
+        return Layout(slot=self.row_slot.copy(), lane=self.row_lane.copy(), members=members)
 
     # --- the loop
 
@@ -442,8 +463,8 @@ class _Run:
             exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])
             self.pool, self.rows, segment = s._segment(
-                *s._weights, self.cache, self.pool, self.table, self.rows, active, reset, keys,
-                exit_after, steps=s.config.segment_steps, sampling=self.sampling,
+                *s._weights, self.cache, self.pool, self.table, self._layout(), self.rows, active,
+                reset, keys, exit_after, steps=s.config.segment_steps, sampling=self.sampling,
                 attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
             self.stats["segments"] += 1
@@ -463,7 +484,8 @@ class _Run:
                     self.out[prompt][sample] = self._completion(self.row_chunks[b])
                     self._release(b)
                     remaining -= 1
-        s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, pages=self.plan.pages - 1)
+        s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, lanes=self.lanes,
+                            pages=self.plan.pages - 1)
         return self.out
 
     def _completion(self, chunks) -> Completion:

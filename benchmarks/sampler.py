@@ -160,8 +160,8 @@ def main() -> None:
         ("device", jax.devices()[0].device_kind),
         ("model / dtype", f"{args.config or args.model} / {args.dtype}"),
         ("P x prompt_len, G, new tokens", f"{p} x {s}, {g}, {t}"),
-        ("rows (slots x rows per slot)", f"{stats['rows']} ({stats['prompt_slots']} x "
-                                         f"{stats['rows'] // stats['prompt_slots']})"),
+        ("rows (prompt slots, lanes per slot)", f"{stats['rows']} ({stats['prompt_slots']}, "
+                                                f"{stats['lanes']})"),
         ("first call (compiles)", f"{compile_s:.1f} s"),
         ("output tokens/s", f"{p * g * t / seconds:,.0f}  ({seconds:.2f} s)"),
         ("decode steps", f"{stats['steps']} ({1e3 * seconds / stats['steps']:.2f} ms/step, "

@@ -77,11 +77,12 @@ def test_a_sample_does_not_depend_on_the_slot_layout(model):
 
 
 def test_rows_move_to_another_prompt_and_samples_stay_the_same(model):
-    # 2 slots of 2 rows on average, 4 lanes each: the rows are not tied to a slot. All four
-    # start on the oldest prompt (5 samples to start), and rows move between the prompts.
+    # 4 rows (2 per prompt), 4 prompt slots (twice what the rows need: 4 prompts) of 4 lanes:
+    # the rows are not tied to a slot. All four start on the oldest prompt (5 samples to
+    # start), and move on to the next prompts as they finish.
     reference, _ = run(model, max_rows=64, rows_per_prompt=16)
     out, stats = run(model, max_rows=4, rows_per_prompt=2)
-    assert (stats["rows"], stats["prompt_slots"], stats["lanes"]) == (4, 2, 4)
+    assert (stats["rows"], stats["prompt_slots"], stats["lanes"]) == (4, 4, 4)
     assert stats["most_rows_on_one_slot"] == 4
     assert_same(out, reference)
 

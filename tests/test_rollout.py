@@ -223,10 +223,17 @@ def test_slot_plan_by_hand(sampler):
     plan = choose_slots(sampler.model_config, np.float32, 2 ** 30, num_prompts=5, n=3,
                         prompt_len=64, max_new_tokens=20, max_rows=8, rows_per_prompt=16,
                         page_size=8)
-    assert (plan.prompts, plan.rows_per_prompt, plan.rows) == (2, 3, 6)  # 8 // 3 slots of 3
+    # 8 // 3 = 2 prompts' rows (3 each); 5 prompts, so twice the slots: 4, up to 6 rows each
+    assert (plan.prompts, plan.rows_per_prompt, plan.rows, plan.lanes) == (4, 3, 6, 6)
     assert plan.pages_per_row == 3 and plan.pages == 1 + 6 * 3  # every row can reach 20 tokens
     assert plan.page_pool == plan.pages * 8 * 512
-    assert plan.prompt_cache == 2 * (64 * (512 + 1) + VOCAB * 5)
+    assert plan.prompt_cache == 4 * (64 * (512 + 1) + VOCAB * 5)
+    # The extra slots only come with every page: a byte less, and the call gets 2 slots.
+    fewer = choose_slots(sampler.model_config, np.float32, plan.total - 1, num_prompts=5, n=3,
+                         prompt_len=64, max_new_tokens=20, max_rows=8, rows_per_prompt=16,
+                         page_size=8)
+    assert (fewer.prompts, fewer.rows, fewer.pages) == (2, 6, 1 + 6 * 3)
+    assert fewer.prompt_cache == 2 * (64 * (512 + 1) + VOCAB * 5)
 
 
 def test_short_memory_gives_fewer_pages_then_fewer_rows(sampler):

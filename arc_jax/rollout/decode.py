@@ -109,19 +109,21 @@ class Layout:
 
     slot [B], lane [B]: row b reads the prompt of slot slot[b] as lane lane[b] of it (an idle
     row: any values; its outputs are not used). members [P, L]: the row in each lane (an
-    empty lane: any row; its output is not used).
+    empty lane: any row; its output is not used). used [P]: the slot has a row in a lane
+    (the attention reads the prompts of the others only up to one token).
     """
 
     slot: jax.Array
     lane: jax.Array
     members: jax.Array
+    used: jax.Array
 
     @classmethod
     def fixed(cls, prompts: int, rows_per_prompt: int) -> Layout:
         """Rows r * p ... r * p + r - 1 on slot p (lanes = rows per slot)."""
         rows = np.arange(prompts * rows_per_prompt, dtype=np.int32)
         return cls(slot=rows // rows_per_prompt, lane=rows % rows_per_prompt,
-                   members=rows.reshape(prompts, rows_per_prompt))
+                   members=rows.reshape(prompts, rows_per_prompt), used=np.ones(prompts, bool))
 
 
 @flax.struct.dataclass
@@ -182,6 +184,7 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
     [B, V] and the pool with the fed tokens' keys and values written."""
     ps = pool.page_size
     positions = (cache.lengths[layout.slot] + pos)[:, None]                       # [B, 1]
+    read = jnp.where(layout.used, cache.lengths, 1)                              # [P]
     page_index = jnp.minimum(pos // ps, table.shape[1] - 1)
     page = jnp.where(writes, jnp.take_along_axis(table, page_index[:, None], 1)[:, 0], TRASH_PAGE)
     offset = jnp.where(writes, pos % ps, 0)
@@ -197,7 +200,7 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
             q = q[:, 0]                                                           # [B, N, H]
             with jax.named_scope("prefix_attention"):  # a slot's lanes as one matrix
                 prefix = paged.prefix_attention(q[layout.members], cache.k[i], cache.v[i],
-                                                cache.lengths, implementation=attention)
+                                                read, implementation=attention)
                 prefix = jax.tree.map(lambda x: x[layout.slot, layout.lane], prefix)
             with jax.named_scope("own_attention"):
                 *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table,

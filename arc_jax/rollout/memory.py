@@ -24,13 +24,12 @@ class RolloutMemoryError(UserError, MemoryError):
 
 @dataclasses.dataclass(frozen=True)
 class SlotPlan:
-    """The device memory of P prompt slots of S tokens, B = P * R decode rows (R per slot on
-    average; see `lanes`), and M pages of
-    `page_size` tokens (page 0 is the trash page).
+    """The device memory of P prompt slots of S tokens, B decode rows (R = rows_per_prompt per
+    prompt; see `lanes`), and M pages of `page_size` tokens (page 0 is the trash page).
 
     prompt_cache: keys and values of the P prompts, their last logits and token sets.
     page_pool: the M pages' keys and values.
-    rows: each row's next logits, token set and bookkeeping.
+    row_state: each row's next logits, token set and bookkeeping.
     workspace: estimated transient buffers (the sampling transforms' copies of the [B, V]
       logits during a step, or the activations of one prompt's prefill, whichever is larger),
       plus the old prompt cache while the slots grow to a longer prompt bucket (at most half
@@ -38,6 +37,7 @@ class SlotPlan:
     """
 
     prompts: int
+    rows: int
     rows_per_prompt: int
     prompt_len: int
     max_new_tokens: int
@@ -47,10 +47,6 @@ class SlotPlan:
     page_pool: int
     row_state: int
     workspace: int
-
-    @property
-    def rows(self) -> int:
-        return self.prompts * self.rows_per_prompt
 
     @property
     def lanes(self) -> int:
@@ -68,7 +64,7 @@ class SlotPlan:
 
     def describe(self) -> str:
         return (f"{self.total / GiB:.2f} GiB for {self.rows} decode rows ({self.prompts} prompt "
-                f"slot(s) of {self.prompt_len} tokens x {self.rows_per_prompt} rows) and "
+                f"slot(s) of {self.prompt_len} tokens, up to {self.lanes} rows each) and "
                 f"{self.pages - 1} pages of {self.page_size} tokens (prompt cache "
                 f"{self.prompt_cache / GiB:.2f} GiB, pages {self.page_pool / GiB:.2f} GiB, rows "
                 f"{self.row_state / GiB:.2f} GiB, workspace {self.workspace / GiB:.2f} GiB)")
@@ -82,12 +78,13 @@ def kv_bytes_per_token(config: LlamaConfig, dtype) -> int:
 
 def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int,
                prompt_len: int, max_new_tokens: int, page_size: int, pages: int,
-               fused_prefill: bool = False) -> SlotPlan:
-    """The memory of one slot layout (caches exactly, workspace estimated)."""
+               rows: int | None = None, fused_prefill: bool = False) -> SlotPlan:
+    """The memory of one slot layout (caches exactly, workspace estimated); rows defaults to
+    prompts * rows_per_prompt."""
     per_token = kv_bytes_per_token(config, dtype)
     itemsize = np.dtype(dtype).itemsize
     vocab = config.vocab_size
-    rows = prompts * rows_per_prompt
+    rows = rows or prompts * rows_per_prompt
     # Decoding: about eight float32 [B, V] arrays (processed logits, softmax, log-softmax, the
     # top-p masks) plus the [B, V] token sets.
     decode = rows * vocab * (8 * 4 + 1)
@@ -96,7 +93,8 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
     prefill = prompt_len * (4 * config.hidden_size + 3 * config.intermediate_size) * itemsize
     if not fused_prefill:
         prefill += config.num_attention_heads * prompt_len * prompt_len * 4
-    return SlotPlan(prompts=prompts, rows_per_prompt=rows_per_prompt, prompt_len=prompt_len,
+    return SlotPlan(prompts=prompts, rows=rows, rows_per_prompt=rows_per_prompt,
+                    prompt_len=prompt_len,
                     max_new_tokens=max_new_tokens, page_size=page_size, pages=pages,
                     prompt_cache=prompts * (prompt_len * (per_token + 1) + vocab * 5),
                     page_pool=pages * page_size * per_token,
@@ -107,27 +105,32 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
 def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,
                  prompt_len: int, max_new_tokens: int, max_rows: int, rows_per_prompt: int,
                  page_size: int, fused_prefill: bool = False) -> SlotPlan:
-    """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt
-    slot, as many slots as the prompts and `max_rows` allow, and pages for every row to reach
-    max_new_tokens, or, when memory is short, for the rows to average at least half of it
-    (longer rows then wait for pages; see the sampler). Fewer slots, then fewer rows per slot,
-    when even that does not fit; RolloutMemoryError when one row does not."""
+    """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt,
+    B = R x as many prompts as the call has and `max_rows` allows, and pages for every row to
+    reach max_new_tokens, or, when memory is short, for the rows to average at least half of
+    it (longer rows then wait for pages; see the sampler). When the call has more prompts than
+    that and every page still fits, twice the prompt slots: the next prompts wait prefilled,
+    so rows whose prompt has no sample left to start move on instead of idling. Fewer rows,
+    then fewer rows per prompt, when even half the pages do not fit; RolloutMemoryError when
+    one row does not."""
     r = max(1, min(n, rows_per_prompt, max_rows))
     p = max(1, min(num_prompts, max_rows // r))
     per_row = -(-max_new_tokens // page_size)
-    plan = lambda p, r, pages: plan_slots(
+    page_bytes = page_size * kv_bytes_per_token(config, dtype)
+    plan = lambda p, r, pages, rows=None: plan_slots(
         config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
-        max_new_tokens=max_new_tokens, page_size=page_size, pages=pages,
+        max_new_tokens=max_new_tokens, page_size=page_size, pages=pages, rows=rows,
         fused_prefill=fused_prefill)
+    affordable = lambda fixed: max(0, budget - fixed.total) // page_bytes
+    extra = min(num_prompts, 2 * p)
+    if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + p * r * per_row:
+        return plan(extra, r, 1 + p * r * per_row, p * r)
     while True:
-        fixed = plan(p, r, 0)
-        page_bytes = page_size * kv_bytes_per_token(config, dtype)
-        affordable = max(0, budget - fixed.total) // page_bytes
         full = p * r * per_row
         # Rounded down to 1/16 of `full`, so that small changes of the free memory between
         # calls give the same page count (a new count compiles a new decoding program).
         quantum = max(1, full // 16)
-        pages = 1 + min(full, (affordable - 1) // quantum * quantum)
+        pages = 1 + min(full, (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
         if pages - 1 >= min(full, max(per_row, full // 2)):
             return plan(p, r, pages)
         if p > 1:

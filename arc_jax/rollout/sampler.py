@@ -444,9 +444,11 @@ class _Run:
         """The rows' slots and lanes as the device reads them (idle rows and lanes: 0)."""
         members = np.array([[0 if b is None else b for b in lanes] for lanes in self.slot_lanes],
                            np.int32)
-        busy = max(sum(b is not None for b in lanes) for lanes in self.slot_lanes)
-        self.stats["most_rows_on_one_slot"] = max(self.stats["most_rows_on_one_slot"], busy)
-        return Layout(slot=self.row_slot.copy(), lane=self.row_lane.copy(), members=members)
+        busy = np.array([sum(b is not None for b in lanes) for lanes in self.slot_lanes])
+        self.stats["most_rows_on_one_slot"] = max(self.stats["most_rows_on_one_slot"],
+                                                  int(busy.max()))
+        return Layout(slot=self.row_slot.copy(), lane=self.row_lane.copy(), members=members,
+                      used=busy > 0)
 
     # --- the loop
 
@@ -462,8 +464,9 @@ class _Run:
             refill = bool(self.pending) or any(self._to_start(p) for p in range(self.p))
             exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])
+            layout = self._layout()
             self.pool, self.rows, segment = s._segment(
-                *s._weights, self.cache, self.pool, self.table, self._layout(), self.rows, active,
+                *s._weights, self.cache, self.pool, self.table, layout, self.rows, active,
                 reset, keys, exit_after, steps=s.config.segment_steps, sampling=self.sampling,
                 attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
@@ -471,7 +474,8 @@ class _Run:
             self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
             self.stats["own_kv_read"] += int(segment.own_read)
-            self.stats["prompt_kv_read"] += int(segment.steps) * self.p * self.prompt_len
+            self.stats["prompt_kv_read"] += (int(segment.steps) * int(layout.used.sum())
+                                             * self.prompt_len)
             for b in range(self.b):
                 if self.row_sample[b] is None:
                     continue

@@ -167,7 +167,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.sampler.max_prompts_per_batch = 8  # prompts per engine call in training (their
     # programs run while the next call samples)
     config.sampler.max_rows = 256  # most sequences the JAX sampler decodes at once
-    config.sampler.rows_per_prompt = 16  # rows that share one prompt's cache
+    config.sampler.rows_per_prompt = 16  # rows per prompt (R); a slot serves up to 2R at once
     config.sampler.page_size = 32  # tokens per page of the completion cache
     config.sampler.segment_steps = 64  # most decoding steps between two visits of the host
     config.sampler.attention = "auto"  # own-key attention: "pallas" (GPU), "xla", or "auto"

@@ -83,8 +83,8 @@ class SamplerConfig:
     """Settings of a `JaxSampler`.
 
     max_rows: most sequences decoded at once (the decode rows); memory may lower it.
-    rows_per_prompt: rows that share one prompt slot (R); a call's n samples per prompt run
-      on min(n, rows_per_prompt) of them.
+    rows_per_prompt: rows per prompt (R): a call's rows are min(n, R) per prompt for as many
+      prompts as max_rows allows, and a prompt slot serves up to 2R rows at once.
     page_size: tokens per page of the completion cache.
     segment_steps: most decoding steps between two visits of the host (which hands finished
       rows new samples and pages).

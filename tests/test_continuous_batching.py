@@ -87,6 +87,17 @@ def test_rows_move_to_another_prompt_and_samples_stay_the_same(model):
     assert_same(out, reference)
 
 
+def test_one_prompt_on_fewer_rows_than_samples_gives_the_same_samples(model):
+    # One slot whose rows each restart on the next sample (the layout without gathers).
+    config = dict(buckets=_buckets(), page_size=4, segment_steps=6)
+    sampler = JaxSampler(model, config=SamplerConfig(max_rows=3, **config))
+    out = sampler.generate(PROMPTS[:1], 7, sampling())
+    assert (sampler.last_stats["rows"], sampler.last_stats["prompt_slots"]) == (3, 1)
+    reference = JaxSampler(model, config=SamplerConfig(max_rows=64, **config)).generate(
+        PROMPTS[:1], 7, sampling())
+    assert_same(out, reference)
+
+
 def test_a_sample_survives_giving_its_pages_back(model):
     no_stop = sampling(stop_token_ids=())  # every row needs all of its 6 pages
     reference, _ = run(model, params=no_stop)

@@ -110,7 +110,8 @@ class Layout:
     slot [B], lane [B]: row b reads the prompt of slot slot[b] as lane lane[b] of it (an idle
     row: any values; its outputs are not used). members [P, L]: the row in each lane (an
     empty lane: any row; its output is not used). used [P]: the slot has a row in a lane
-    (the attention reads the prompts of the others only up to one token).
+    (the attention reads the prompts of the others only up to one token). With one slot and
+    as many lanes as rows, row b must be lane b.
     """
 
     slot: jax.Array
@@ -185,6 +186,8 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
     ps = pool.page_size
     positions = (cache.lengths[layout.slot] + pos)[:, None]                       # [B, 1]
     read = jnp.where(layout.used, cache.lengths, 1)                              # [P]
+    # One slot with a lane per row: row b is lane b (the host's rule), no gathers needed.
+    one_slot = layout.members.shape == (1, tokens.shape[0])
     page_index = jnp.minimum(pos // ps, table.shape[1] - 1)
     page = jnp.where(writes, jnp.take_along_axis(table, page_index[:, None], 1)[:, 0], TRASH_PAGE)
     offset = jnp.where(writes, pos % ps, 0)
@@ -199,9 +202,11 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
                 pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
             q = q[:, 0]                                                           # [B, N, H]
             with jax.named_scope("prefix_attention"):  # a slot's lanes as one matrix
-                prefix = paged.prefix_attention(q[layout.members], cache.k[i], cache.v[i],
-                                                read, implementation=attention)
-                prefix = jax.tree.map(lambda x: x[layout.slot, layout.lane], prefix)
+                prefix = paged.prefix_attention(q[None] if one_slot else q[layout.members],
+                                                cache.k[i], cache.v[i], read,
+                                                implementation=attention)
+                prefix = jax.tree.map(
+                    lambda x: x[0] if one_slot else x[layout.slot, layout.lane], prefix)
             with jax.named_scope("own_attention"):
                 *own, pool_k, pool_v = paged.paged_attention(q, pool_k, pool_v, table,
                                                              own_lengths, implementation=attention)

@@ -431,7 +431,8 @@ class _Run:
             else:
                 sample = self.slot_next[slot]
                 self.slot_next[slot] += 1
-            lane = self.slot_lanes[slot].index(None)
+            # With one slot, row b is lane b (decode_step then skips the gathers).
+            lane = b if self.p == 1 else self.slot_lanes[slot].index(None)
             self.slot_lanes[slot][lane] = b
             self.row_slot[b], self.row_lane[b] = slot, lane
             self.row_sample[b] = (self.slot_prompt[slot], sample)

@@ -92,6 +92,27 @@ def time_prefix_kernels(slots: int, rows: int, lengths: list[int], prompt_len: i
           f"{float(jnp.max(jnp.abs(outs['pallas'][1] - outs['xla'][1]))):.2e}", flush=True)
 
 
+def time_top_p(rows: int, vocab: int, cuts: list[int], p: float) -> None:
+    """`apply_top_p` on float32 logits [rows, vocab] for each number of cuts per pass (1 is
+    the binary search), with the bytes of one read of the logits for scale."""
+    from arc_jax.rollout.sampling import apply_top_p
+
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(rows, vocab)), jnp.float32)
+    kept = {}
+    for c in cuts:
+        fn = jax.jit(lambda x, c=c: apply_top_p(x, p, c))
+        kept[c] = jax.block_until_ready(fn(logits))
+        begin = time.perf_counter()
+        for _ in range(20):
+            out = fn(logits)
+        jax.block_until_ready(out)
+        ms = (time.perf_counter() - begin) / 20 * 1e3
+        print(f"top-p {p} with {c} cut(s) per pass: {ms:.3f} ms on [{rows}, {vocab}] "
+              f"({logits.nbytes / 2**20:.0f} MiB per read)", flush=True)
+    same = all(bool(jnp.array_equal(kept[c], kept[cuts[0]])) for c in cuts)
+    print(f"top-p: every cut count keeps the same tokens: {same}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
@@ -111,6 +132,9 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", choices=["auto", "xla", "pallas"])
     parser.add_argument("--top_p", type=float, default=0.95)
     parser.add_argument("--segment_steps", type=int, default=64)
+    parser.add_argument("--top_p_cuts", default="",
+                        help="time apply_top_p with these cuts per pass (e.g. 1,7) on [max_rows, "
+                             "vocab] logits first")
     parser.add_argument("--kernels", action="store_true",
                         help="first time the prompt attention alone, XLA against Pallas")
     parser.add_argument("--profile", type=pathlib.Path,
@@ -125,6 +149,9 @@ def main() -> None:
         int(x) for x in args.prompt_lens.split(",") if x] or [args.prompt_len]
     lengths = [lengths[i % len(lengths)] for i in range(p)]
     s = f"{min(lengths)}-{max(lengths)}" if len(set(lengths)) > 1 else str(lengths[0])
+    if args.top_p_cuts:
+        time_top_p(args.max_rows, config.vocab_size, [int(c) for c in args.top_p_cuts.split(",")],
+                   args.top_p)
     if args.kernels:
         slots = max(1, min(p, args.max_rows // min(g, args.rows_per_prompt)))
         bucket = SamplerConfig().buckets(max(lengths))

@@ -53,15 +53,17 @@ def test_top_k_matches_transformers(k):
     assert_same_logits(apply_top_k(jnp.asarray(logits), k), hf([TopKLogitsWarper(k)], logits))
 
 
+@pytest.mark.parametrize("cuts", [1, 7])
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.95, 0.999])
-def test_top_p_matches_transformers(p):
+def test_top_p_matches_transformers(p, cuts):
     logits = random_logits(int(p * 100))
-    ours = apply_top_p(jnp.asarray(logits), p)
+    ours = apply_top_p(jnp.asarray(logits), p, cuts)
     assert_same_logits(ours, hf([TopPLogitsWarper(p)], logits))
     assert np.all(np.isfinite(np.asarray(ours)).sum(-1) >= 1)
 
 
-def test_top_p_handles_removed_peaked_and_llama_sized_rows():
+@pytest.mark.parametrize("cuts", [1, 3, 7])
+def test_top_p_handles_removed_peaked_and_llama_sized_rows(cuts):
     # Rows already cut by top-k (-inf entries), one token holding more than p, and a
     # near-uniform row over a Llama-sized vocabulary.
     rng = np.random.default_rng(3)
@@ -73,10 +75,11 @@ def test_top_p_handles_removed_peaked_and_llama_sized_rows():
         for p in (0.3, 0.95):
             scores = torch.tensor(logits)
             expected = TopPLogitsWarper(p)(torch.zeros((len(logits), 1), dtype=torch.long), scores)
-            assert_same_logits(apply_top_p(jnp.asarray(logits), p), expected.numpy())
+            assert_same_logits(apply_top_p(jnp.asarray(logits), p, cuts), expected.numpy())
 
 
-def test_top_p_keeps_all_ties_at_the_threshold():
+@pytest.mark.parametrize("cuts", [1, 7])
+def test_top_p_keeps_all_ties_at_the_threshold(cuts):
     # transformers removes an order-dependent part of a tie at the boundary; the rule here is
     # "kept iff the probability of all logits at or below this one exceeds 1 - p".
     logits = np.round(np.random.default_rng(4).normal(0, 2, (4, 500))).astype(np.float32)
@@ -85,7 +88,7 @@ def test_top_p_keeps_all_ties_at_the_threshold():
         probs /= probs.sum(-1, keepdims=True)
         at_or_below = np.stack([[probs[r][logits[r] <= x].sum() for x in logits[r]]
                                 for r in range(len(logits))])
-        kept = np.isfinite(np.asarray(apply_top_p(jnp.asarray(logits), p)))
+        kept = np.isfinite(np.asarray(apply_top_p(jnp.asarray(logits), p, cuts)))
         np.testing.assert_array_equal(kept, at_or_below > 1 - p)
 
 

@@ -102,8 +102,8 @@ def process_logits(logits: jax.Array, seen: jax.Array | None,
         logits = logits / sampling.temperature
     if sampling.top_k > 0:
         logits = apply_top_k(logits, sampling.top_k)
-    if sampling.top_p < 1.0:
-        logits = apply_top_p(logits, sampling.top_p)
+    if sampling.top_p < 1.0:  # the same tokens either way; 7 cuts read [B, V] fewer times
+        logits = apply_top_p(logits, sampling.top_p, 7 if jax.default_backend() == "gpu" else 1)
     if sampling.min_p > 0.0:
         logits = apply_min_p(logits, sampling.min_p)
     return logits

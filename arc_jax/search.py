@@ -165,7 +165,10 @@ def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.Pr
                                                      s.n_predictions // s.rounds, s.augment)
             bar.write(f"{name} round {r}: {figures['output_tokens']:,} output tokens sampled in "
                       f"{figures['sample_s']:.1f} s")
+        begin = time.perf_counter()
         records = evaluation.score_lines(config, pool, lines, tasks)
+        bar.write(f"{name} round {r}: {len(lines)} programs run and graded in "
+                  f"{time.perf_counter() - begin:.1f} s")
         if r not in done:
             evaluation.append_round(path, lines)
         kept = keep_relabelled(kept, lines, records, tasks, r, s.max_relabelled_per_task)
@@ -173,9 +176,12 @@ def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.Pr
         if learner is not None and r < s.rounds - 1:
             if r >= learned:
                 begin = time.perf_counter()
-                learner.learn(r, kept, engine)  # (its seconds stay out of the files: not a result)
+                seconds = learner.learn(r, kept, engine)  # (out of the files: not a result)
                 bar.write(f"{name} round {r}: learned in {time.perf_counter() - begin:.1f} s "
-                          "(compilation included)")
+                          "(compilation included)" + (
+                              f"; updates of {learner.shape}: the first {seconds[0]:.1f} s, "
+                              f"then {np.mean(seconds[1:]):.2f} s each" if len(seconds) > 1
+                              else ""))
             row |= learner.history[r]
         results.append(RoundResult(lines, records, row))
         write_atomically(rows_path, json.dumps([x.row for x in results], indent=1))
@@ -259,6 +265,7 @@ class Learner:
                           free_device_bytes())
         self.checkpointer = Checkpointer(folder, max_to_keep=2)
         self.history: list[dict] = []  # the figures of each learning phase, checkpointed
+        self.shape = ""  # the padded batch of the last learning phase, for the log
 
     def restore(self, engine) -> int:
         """Loads the newest learning phase (into the engine too); returns how many rounds have
@@ -282,12 +289,13 @@ class Learner:
         completion = self.tokenizer.encode(item.completion, add_special_tokens=False)[:limit - 1]
         return prompt, completion + [self.eos_id]
 
-    def learn(self, r: int, kept: Mapping[str, Sequence[relabel.Relabelled]], engine) -> None:
+    def learn(self, r: int, kept: Mapping[str, Sequence[relabel.Relabelled]], engine
+              ) -> list[float]:
         """learn_steps updates on batches drawn from the kept pairs (seeds.search_batch; with
         replacement, in proportion to 1 + the program's train pairs right), then
         a checkpoint and the new adapter to the engine. Figures: pairs, and the completion
         tokens' mean negative log-likelihood on the first batch before and after, appended
-        to `history`."""
+        to `history`. Returns the seconds of each update (the first compiles)."""
         s = self.config.search
         items = [item for t in sorted(kept) for item in kept[t]]
         encoded = [self.encode(item) for item in items]
@@ -295,11 +303,12 @@ class Learner:
         # a pair is drawn in proportion to 1 + its program's train pairs right
         weights = np.array([1 + item.train_correct for item, p in zip(items, encoded)
                             if p is not None], np.float64)
-        figures = {"learn_pairs": len(pairs)}
+        figures, seconds = {"learn_pairs": len(pairs)}, []
         if pairs and s.learn_steps:
             # one padded shape for the phase (one compile), from its longest prompt and completion
             prompt_len = self.buckets(max(len(p) for p, _ in pairs))
             completion_len = self.completion_buckets(max(len(c) for _, c in pairs))
+            self.shape = f"{s.learn_batch} x ({prompt_len} + {completion_len}) tokens"
             first = None
             for step in range(s.learn_steps):
                 rng = seeds.search_batch(self.config.seed, r, step)
@@ -309,13 +318,16 @@ class Learner:
                 if first is None:
                     first = batch
                     figures["learn_nll_before"] = round(self.nll(first), 4)
-                self.updater.step(batch)
+                begin = time.perf_counter()
+                self.updater.step(batch)  # (returns its metrics: waits for the update)
+                seconds.append(time.perf_counter() - begin)
             figures["learn_nll_after"] = round(self.nll(first), 4)
         assert len(self.history) == r, "learning phases run in order"
         self.history.append(figures)
         self.checkpointer.save(r + 1, self.updater.state(), {"history": self.history})
         self.checkpointer.wait()
         engine.update_weights(nnx.state(self.model, LoraParam), version=r + 1)
+        return seconds
 
     def nll(self, batch: GroupBatch) -> float:
         logprobs = np.asarray(jax.device_get(self.updater.logprobs(batch)))

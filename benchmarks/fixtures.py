@@ -87,7 +87,7 @@ def calibration_prompts(count: int = 4) -> list[str]:
 def make_realistic_checkpoint(source: pathlib.Path, folder: pathlib.Path,
                               stop_probability: float, stop_id: int = LLAMA3_EOT,
                               new_tokens: int = 192, prompts: int = 8, samples: int = 2,
-                              max_tokens: int = 1024) -> dict:
+                              max_tokens: int = 1024, texts: list[str] | None = None) -> dict:
     """A copy of `source` whose completions stop after a median of about ln 2 /
     `stop_probability` tokens (at temperature 1); returns the scale used and the predicted
     median and share of completions reaching `max_tokens`.
@@ -100,7 +100,11 @@ def make_realistic_checkpoint(source: pathlib.Path, folder: pathlib.Path,
     one, so matching its mean over all tokens left most completions running to the limit (mean
     0.0022 asked, 290 of 512 eval completions truncated at 1,024): the scale is chosen so that
     the mixture over completions, P(length > L) = mean_c exp(-L * mean_t p_ct), has its median
-    at the asked length."""
+    at the asked length.
+
+    `texts`, when given, are the prompts to calibrate on (cycled to `prompts` of them): the
+    stop rate differs from one prompt to another, so a command that samples a few prompts
+    (the training benchmark's one task) is calibrated on those, not on the eval prompts."""
     import torch
     import transformers
 
@@ -110,7 +114,9 @@ def make_realistic_checkpoint(source: pathlib.Path, folder: pathlib.Path,
     torch.manual_seed(0)
     states = []
     with torch.no_grad():
-        for text in calibration_prompts(prompts):
+        chosen = ([texts[i % len(texts)] for i in range(prompts)] if texts
+                  else calibration_prompts(prompts))
+        for text in chosen:
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                  temperature=1.0, top_p=0.95, max_new_tokens=new_tokens,

@@ -192,6 +192,17 @@ def loop_table(result: dict, checkpoint: pathlib.Path, warmup: int, overrides: l
     }
 
 
+def training_prompts(checkpoint: pathlib.Path, overrides: list[str], count: int = 8) -> list[str]:
+    """The prompts of the first `count` tasks the training command will draw from (its config
+    with the overrides): the realistic checkpoint is calibrated on them."""
+    from arc_jax import session
+    from arc_jax.prompts import render_prompt
+
+    config = fixtures.load_config(ROOT / CONFIG, overrides)
+    tasks = session.select_tasks(config, session.tokenizer(str(checkpoint)))
+    return [render_prompt(tasks[t]) for t in sorted(tasks)[:count]]
+
+
 def run_config(overrides: list[str]) -> dict:
     """The batch shape of the reference config file with the command's overrides applied."""
     config = fixtures.load_config(ROOT / CONFIG, overrides)
@@ -492,7 +503,8 @@ def main():
         return fixtures.make_checkpoint(checkpoint, args.preset)
     if args.phase == "realistic":
         return emit({"stage": "realistic_checkpoint", **fixtures.make_realistic_checkpoint(
-            checkpoint, realistic, args.stop_probability)})
+            checkpoint, realistic, args.stop_probability,
+            texts=training_prompts(checkpoint, args.override))})
     if args.phase == "preflight":
         return preflight()
     if args.phase == "micro-jax":
@@ -516,7 +528,9 @@ def main():
                                   ("realistic", realistic, "realistic" in lengths and args.steps)):
         if wanted and not (folder / "config.json").exists():
             begin = time.perf_counter()
-            subprocess.run(self_command(f"--phase={phase}", *common), check=True, env=child_env())
+            subprocess.run(self_command(f"--phase={phase}", *common,
+                                        *[f"--override={o}" for o in args.override]),
+                           check=True, env=child_env())
             emit({"stage": phase, "preset": args.preset,
                   "seconds": round(time.perf_counter() - begin, 1)})
     if args.steps:

@@ -629,3 +629,23 @@ def test_update_memory_plan_of_the_reference_8b_run():
 
     assert 38.7 * 2**30 < total(remat=True) < 80e9
     assert total(remat=False) > 80e9
+
+
+@pytest.mark.parametrize("numerics", [EXACT, Numerics()], ids=["float32", "bfloat16"])
+def test_equal_rewards_leave_fresh_adapters_at_zero(numerics):
+    # Every advantage 0 and the policy equal to the reference (LoRA B = 0): neither the policy
+    # term nor the KL has a gradient, so AdamW (weight decay included) leaves B at 0 and the
+    # sampler keeps sharing the base weights. Some completions end with EOS (not masked).
+    model = Llama(CONFIG, numerics=numerics, lora=LoraConfig(rank=4, alpha=8.0), rngs=nnx.Rngs(0))
+    updater = GRPOUpdater(model, GRPOLossConfig(beta=0.001),
+                          OptimizerConfig(learning_rate=1e-3, total_steps=4, weight_decay=0.1))
+    batch = make_batch(old=False)
+    batch = batch._replace(advantages=np.zeros_like(batch.advantages))
+    assert np.asarray(batch.completion_mask).sum() > 0
+    policy, reference = updater.logprobs(batch), updater.logprobs(batch, adapters=False)
+    assert np.array_equal(np.asarray(policy), np.asarray(reference))
+    metrics = updater.step(batch)
+    assert metrics["grad_norm"] == 0.0
+    b = [x for path, x in jax.tree_util.tree_leaves_with_path(updater.state()["lora"])
+         if "lora_b" in jax.tree_util.keystr(path)]
+    assert b and all(not np.any(np.asarray(x)) for x in b)

@@ -176,10 +176,11 @@ def run_rounds(config, name: str, engine, pool: ExecutionPool, maker: episode.Pr
         if learner is not None and r < s.rounds - 1:
             if r >= learned:
                 begin = time.perf_counter()
-                seconds = learner.learn(r, kept, engine)  # (out of the files: not a result)
+                # (the seconds stay out of the files: not a result)
+                shape, seconds = learner.learn(r, kept, engine)
                 bar.write(f"{name} round {r}: learned in {time.perf_counter() - begin:.1f} s "
                           "(compilation included)" + (
-                              f"; updates of {learner.shape}: the first {seconds[0]:.1f} s, "
+                              f"; updates of {shape}: the first {seconds[0]:.1f} s, "
                               f"then {np.mean(seconds[1:]):.2f} s each" if len(seconds) > 1
                               else ""))
             row |= learner.history[r]
@@ -265,7 +266,6 @@ class Learner:
                           free_device_bytes())
         self.checkpointer = Checkpointer(folder, max_to_keep=2)
         self.history: list[dict] = []  # the figures of each learning phase, checkpointed
-        self.shape = ""  # the padded batch of the last learning phase, for the log
 
     def restore(self, engine) -> int:
         """Loads the newest learning phase (into the engine too); returns how many rounds have
@@ -290,12 +290,13 @@ class Learner:
         return prompt, completion + [self.eos_id]
 
     def learn(self, r: int, kept: Mapping[str, Sequence[relabel.Relabelled]], engine
-              ) -> list[float]:
+              ) -> tuple[str, list[float]]:
         """learn_steps updates on batches drawn from the kept pairs (seeds.search_batch; with
         replacement, in proportion to 1 + the program's train pairs right), then
         a checkpoint and the new adapter to the engine. Figures: pairs, and the completion
         tokens' mean negative log-likelihood on the first batch before and after, appended
-        to `history`. Returns the seconds of each update (the first compiles)."""
+        to `history`. Returns the padded batch shape and the seconds of each update (the
+        first compiles), for the log."""
         s = self.config.search
         items = [item for t in sorted(kept) for item in kept[t]]
         encoded = [self.encode(item) for item in items]
@@ -303,12 +304,12 @@ class Learner:
         # a pair is drawn in proportion to 1 + its program's train pairs right
         weights = np.array([1 + item.train_correct for item, p in zip(items, encoded)
                             if p is not None], np.float64)
-        figures, seconds = {"learn_pairs": len(pairs)}, []
+        figures, shape, seconds = {"learn_pairs": len(pairs)}, "", []
         if pairs and s.learn_steps:
             # one padded shape for the phase (one compile), from its longest prompt and completion
             prompt_len = self.buckets(max(len(p) for p, _ in pairs))
             completion_len = self.completion_buckets(max(len(c) for _, c in pairs))
-            self.shape = f"{s.learn_batch} x ({prompt_len} + {completion_len}) tokens"
+            shape = f"{s.learn_batch} x ({prompt_len} + {completion_len}) tokens"
             first = None
             for step in range(s.learn_steps):
                 rng = seeds.search_batch(self.config.seed, r, step)
@@ -327,7 +328,7 @@ class Learner:
         self.checkpointer.save(r + 1, self.updater.state(), {"history": self.history})
         self.checkpointer.wait()
         engine.update_weights(nnx.state(self.model, LoraParam), version=r + 1)
-        return seconds
+        return shape, seconds
 
     def nll(self, batch: GroupBatch) -> float:
         logprobs = np.asarray(jax.device_get(self.updater.logprobs(batch)))

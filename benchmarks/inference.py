@@ -186,7 +186,8 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
             "decode_steps": r.get("steps"), "rows": r.get("rows"),
             "prompt_slots": r.get("prompt_slots"), "pages": r.get("pages"),
             "preempted": r.get("preempted", 0), "prefills": r.get("prefills"),
-            "segments": r.get("segments"),  # host visits: each waits for the device
+            "segments": r.get("segments"),  # host visits: the device waits for each
+            "host_s": r.get("host_s"),  # the device's seconds waiting for the host
             "row_occupancy": round(r.get("row_steps", 0) / steps / max(r.get("rows", 1), 1), 3),
             "hbm_floor_share": round(read / bandwidth / r["sample_s"], 3),
             "compute_share": round(compute / flops / r["sample_s"], 3),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Sequence
 
 import jax
@@ -455,6 +456,7 @@ class _Run:
 
     def results(self) -> list[list[Completion]]:
         s, remaining = self.s, len(self.prompts) * self.n
+        idle_since = None  # when the last segment's results reached the host
         while remaining:
             self._fill_slots()
             self._grow_running()
@@ -466,11 +468,14 @@ class _Run:
             exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])
             layout = self._layout()
+            if idle_since is not None:  # the device waited for the host this long
+                self.stats["host_s"] += time.perf_counter() - idle_since
             self.pool, self.rows, segment = s._segment(
                 *s._weights, self.cache, self.pool, self.table, layout, self.rows, active,
                 reset, keys, exit_after, steps=s.config.segment_steps, sampling=self.sampling,
                 attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
+            idle_since = time.perf_counter()
             self.stats["segments"] += 1
             self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
@@ -490,7 +495,8 @@ class _Run:
                     self._release(b)
                     remaining -= 1
         s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, lanes=self.lanes,
-                            pages=self.plan.pages - 1)
+                            pages=self.plan.pages - 1,
+                            host_s=round(self.stats["host_s"], 3))
         return self.out
 
     def _completion(self, chunks) -> Completion:

@@ -187,7 +187,8 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
             "prompt_slots": r.get("prompt_slots"), "pages": r.get("pages"),
             "preempted": r.get("preempted", 0), "prefills": r.get("prefills"),
             "segments": r.get("segments"),  # host visits: the device waits for each
-            "host_s": r.get("host_s"),  # the device's seconds waiting for the host
+            # the round's seconds: prefills, decoding segments, the device waiting for the host
+            **{k: r.get(k) for k in ("prefill_s", "decode_s", "host_s")},
             "row_occupancy": round(r.get("row_steps", 0) / steps / max(r.get("rows", 1), 1), 3),
             "hbm_floor_share": round(read / bandwidth / r["sample_s"], 3),
             "compute_share": round(compute / flops / r["sample_s"], 3),

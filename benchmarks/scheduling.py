@@ -57,7 +57,8 @@ def main() -> None:
                 "at_limit": float(np.mean(lengths == args.max_new_tokens)),
                 "steps": stats["steps"], "ideal_steps": round(lengths.sum() / stats["rows"]),
                 "row_occupancy": round(stats["row_steps"] / (stats["steps"] * stats["rows"]), 3),
-                "segments": stats["segments"], "prefills": stats["prefills"]}), flush=True)
+                "segments": stats["segments"], "prefills": stats["prefills"],
+                **{k: stats[k] for k in ("prefill_s", "decode_s", "host_s")}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -358,6 +358,7 @@ class _Run:
 
     def _fill_slots(self) -> None:
         """Slots with nothing left of their prompt take the next prompts (one prefill each)."""
+        begin, prefills = time.perf_counter(), self.stats["prefills"]
         for slot in range(self.p):
             if not self.pending or self._to_start(slot) or any(
                     b is not None for b in self.slot_lanes[slot]):
@@ -375,6 +376,9 @@ class _Run:
             self.slot_prompt[slot], self.slot_next[slot] = index, 0
             self.stats["prefills"] += 1
             self.slot_order[slot] = self.stats["prefills"]
+        if self.stats["prefills"] > prefills:  # waits for them: the seconds are the device's
+            jax.block_until_ready(self.cache)
+            self.stats["prefill_s"] += time.perf_counter() - begin
 
     def _pages_for(self, pos: int) -> int:
         """Pages a row at `pos` tokens needs to run one more segment."""
@@ -468,14 +472,16 @@ class _Run:
             exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])
             layout = self._layout()
+            dispatched = time.perf_counter()
             if idle_since is not None:  # the device waited for the host this long
-                self.stats["host_s"] += time.perf_counter() - idle_since
+                self.stats["host_s"] += dispatched - idle_since
             self.pool, self.rows, segment = s._segment(
                 *s._weights, self.cache, self.pool, self.table, layout, self.rows, active,
                 reset, keys, exit_after, steps=s.config.segment_steps, sampling=self.sampling,
                 attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
             idle_since = time.perf_counter()
+            self.stats["decode_s"] += idle_since - dispatched
             self.stats["segments"] += 1
             self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
@@ -496,7 +502,8 @@ class _Run:
                     remaining -= 1
         s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, lanes=self.lanes,
                             pages=self.plan.pages - 1,
-                            host_s=round(self.stats["host_s"], 3))
+                            **{k: round(self.stats[k], 3)
+                               for k in ("prefill_s", "decode_s", "host_s")})
         return self.out
 
     def _completion(self, chunks) -> Completion:

@@ -2,6 +2,8 @@
 index), whatever the slot layout, the page supply or the other requests; the paged attention
 computes the dense attention."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +113,16 @@ def test_a_sample_survives_giving_its_pages_back(model):
     assert stats["rows"] == 20 and stats["pages"] <= 12 * plan.pages_per_row
     assert stats.get("preempted", 0) > 0
     assert_same(out, reference)
+
+
+def test_the_call_seconds_split_into_prefills_segments_and_host_visits(model):
+    # 4 prompts on 2 slots: a second round of prefills after the first segments.
+    begin = time.perf_counter()
+    _, stats = run(model, max_rows=4, rows_per_prompt=2, segment_steps=3)
+    wall = time.perf_counter() - begin
+    assert stats["prefills"] == 4 and stats["segments"] >= 8
+    assert stats["prefill_s"] > 0 and stats["decode_s"] > 0 and stats["host_s"] > 0
+    assert stats["prefill_s"] + stats["decode_s"] + stats["host_s"] <= wall
 
 
 def test_samples_of_a_prompt_differ_and_seeds_matter(model):

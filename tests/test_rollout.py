@@ -24,6 +24,7 @@ from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
 from conftest import save_tiny_llama
 from arc_jax.rollout import (
     JaxSampler,
+    PromptBuckets,
     RolloutEngine,
     RolloutMemoryError,
     SamplerConfig,
@@ -77,6 +78,27 @@ def test_greedy_matches_transformers_generate(checkpoint, sampler):
             assert list(c.token_ids) == expected
             assert c.finish_reason == "length" and c.truncated
             assert len(c.logprobs) == len(c.temperature_logprobs) == 20
+
+
+def test_greedy_matches_transformers_with_prompts_of_other_buckets_in_one_slot_set(checkpoint):
+    # Fewer slots than prompts, padded to the bucket of the 45-token prompt (64): the 5- and
+    # 7-token prompts are prefilled at their own bucket (8) into the first 8 positions of a
+    # slot, and the last prompt (bucket 64) reuses a slot that held another prompt's keys.
+    _, hf_model = checkpoint
+    rng = np.random.default_rng(3)
+    prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 50)]
+    sampler = JaxSampler(load(checkpoint[0]), config=SamplerConfig(
+        buckets=PromptBuckets(minimum=8, bits=1), max_rows=2, rows_per_prompt=1, page_size=4,
+        segment_steps=5))
+    results = sampler.generate(prompts, 2, GREEDY)
+    assert sampler.last_stats["prompt_slots"] < len(prompts) == sampler.last_stats["prefills"]
+    for prompt, completions in zip(prompts, results):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():  # argmax over every token (generate's min_new_tokens hides EOS)
+            for _ in range(20):
+                ids = torch.cat([ids, hf_model(ids).logits[:, -1:].argmax(-1)], dim=1)
+        expected = ids[0, len(prompt):].tolist()
+        assert [list(c.token_ids) for c in completions] == [expected, expected]
 
 
 def test_greedy_stops_at_a_stop_token_and_keeps_it(checkpoint, sampler):

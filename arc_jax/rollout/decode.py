@@ -154,19 +154,23 @@ row_keys = jax.jit(jax.vmap(row_key, in_axes=(None, 0, 0)))
 
 def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Array,
                  length: jax.Array, *, adapters: bool = True) -> SlotCache:
-    """Runs one right-padded prompt tokens [1, S] (real length `length`) through the model and
-    writes its keys, values, last logits and token set into slot `slot` of the cache."""
+    """Runs one right-padded prompt tokens [1, s] (real length `length`, s <= S: its own
+    bucket, not the slots' longest) through the model and writes its keys and values into the
+    first s positions of slot `slot` of the cache (the rest is never read: attention stops at
+    `length`), and its last logits and token set."""
     s = tokens.shape[1]
-    valid = jnp.arange(s)[None, :] < length                                       # [1, S]
+    valid = jnp.arange(s)[None, :] < length                                       # [1, s]
     empty = KVCache.empty(model.config, 1, s, model.numerics.compute_dtype)
     h, kv = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)
     logits = model.logits(jax.lax.dynamic_index_in_dim(h[0], length - 1, keepdims=False))
     put = lambda whole, part: jax.lax.dynamic_update_index_in_dim(whole, part, slot, 0)
+    put_kv = lambda whole, part: jax.lax.dynamic_update_slice(                    # part [1, s, K, H]
+        whole, part.astype(whole.dtype), (slot, 0, 0, 0))
     seen = cache.seen
     if seen.shape[1]:
         seen = put(seen, jnp.zeros((seen.shape[1],), bool).at[tokens[0]].max(valid[0]))
-    return SlotCache(k=tuple(put(c, x[0]) for c, x in zip(cache.k, kv.k)),
-                     v=tuple(put(c, x[0]) for c, x in zip(cache.v, kv.v)),
+    return SlotCache(k=tuple(put_kv(c, x) for c, x in zip(cache.k, kv.k)),
+                     v=tuple(put_kv(c, x) for c, x in zip(cache.v, kv.v)),
                      lengths=put(cache.lengths, length),
                      first_logits=put(cache.first_logits, logits), seen=seen)
 

@@ -369,7 +369,7 @@ class _Run:
             if needed > self.prompt_len:
                 self.cache = self.s._grow(self.cache, needed)
                 self.prompt_len = needed
-            tokens = np.zeros((1, self.prompt_len), np.int32)
+            tokens = np.zeros((1, needed), np.int32)  # its own bucket: no wasted prefill
             tokens[0, :len(prompt)] = prompt
             self.cache = self.s._prefill(*self.s._weights, self.cache, np.int32(slot), tokens,
                                          np.int32(len(prompt)), adapters=not self.s._merge)

@@ -247,8 +247,10 @@ def evaluate(config, engine, pool: ExecutionPool, maker: episode.PromptMaker, st
             figures["score_s"] = round(time.perf_counter() - begin, 3)
             if timings is not None:
                 timings.append(figures)
+            split = (f" (prefills {figures['prefill_s']:.1f} s, decoding {figures['decode_s']:.1f}"
+                     f" s, host visits {figures['host_s']:.1f} s)" if "decode_s" in figures else "")
             bar.write(f"round {r}: {len(lines)} programs, {figures['output_tokens']:,} output "
-                      f"tokens sampled in {figures['sample_s']:.1f} s "
+                      f"tokens sampled in {figures['sample_s']:.1f} s{split} "
                       f"({figures['output_tokens'] / max(figures['sample_s'], 1e-9):,.0f} "
                       f"tokens/s), scored in {figures['score_s']:.1f} s")
             bar.update(1)

@@ -1,6 +1,7 @@
 """`arc_jax.eval`: resumable prediction files, test-time augmentation mapped back, the plan."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -121,6 +122,9 @@ def test_eval_run_writes_tables_submission_curve_and_pictures(tiny_policy, tmp_p
     assert list(results) == ["baseline"]
     printed = capsys.readouterr().out
     assert "--- baseline ---" in printed
+    # The round line splits the sampling seconds the way the JAX sampler spent them.
+    assert re.search(r"round 0: \d+ programs, .* sampled in [\d.]+ s \(prefills [\d.]+ s, "
+                     r"decoding [\d.]+ s, host visits [\d.]+ s\)", printed), printed
     assert max(len(line) for line in printed.split("--- baseline ---")[1].splitlines()[:3]) <= 100
     full = (out / "baseline.metrics.txt").read_text().splitlines()[0].split()
     assert "unique_outputs" in full and "test_pixel_score" in full

@@ -10,11 +10,16 @@ realistic lengths (16 tasks x 32 predictions, H100, 2026-12-07):
     python benchmarks/drain.py --rows 256 --samples 512,960,3840,24000 --histogram \
         '{"1-127": 204, "128-255": 40, "256-383": 21, "384-511": 22, "512-767": 36,
           "768-1022": 13, "1023-1023": 3, ">=1024": 173}'
+
+With `--slots 16:32,8:64` it also replays the sampler's own schedule for those layouts (prompt
+slots : lanes per slot, `sampler.rows_per_prompt` 16 and 32 at 256 rows): a prompt holds its
+slot until its longest sample stops, and rows are refilled only between segments.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import json
 import re
@@ -51,6 +56,51 @@ def steps(lengths: np.ndarray, rows: int) -> int:
     return end
 
 
+def slotted_steps(lengths: np.ndarray, rows: int, slots: int, lanes: int,
+                  segment_steps: int) -> tuple[int, int]:
+    """(decode steps, row-steps) of the JAX sampler's schedule for lengths [prompts, n]: a
+    prompt waits for a free prompt slot (one whose prompt has every sample started and none
+    running); a free row takes the next sample of the oldest slotted prompt with samples to
+    start and a free lane (`lanes` per slot); rows are refilled only between segments, which
+    end after `segment_steps` steps or once rows // 8 rows finished (as `_Run.results`)."""
+    prompts, n = lengths.shape
+    pending = collections.deque(range(prompts))
+    slot_prompt, slot_next, slot_busy = [-1] * slots, [n] * slots, [0] * slots
+    slot_order, admitted = [0] * slots, 0
+    left = np.zeros(rows, np.int64)  # tokens each row has left; 0 = idle
+    row_slot = np.zeros(rows, np.int64)
+    step = row_steps = 0
+    remaining = prompts * n
+    while remaining:
+        for s in range(slots):
+            if pending and slot_next[s] >= n and slot_busy[s] == 0:
+                admitted += 1
+                slot_prompt[s], slot_next[s], slot_order[s] = pending.popleft(), 0, admitted
+        order = sorted(range(slots), key=lambda s: slot_order[s])
+        for b in np.flatnonzero(left == 0):
+            s = next((s for s in order if slot_next[s] < n and slot_busy[s] < lanes), None)
+            if s is None:
+                break
+            left[b], row_slot[b] = lengths[slot_prompt[s], slot_next[s]], s
+            slot_next[s] += 1
+            slot_busy[s] += 1
+        refill = bool(pending) or any(slot_next[s] < n for s in range(slots))
+        exit_after = max(1, rows // 8) if refill else rows + 1
+        finished = k = 0
+        while k < segment_steps and left.any() and finished < exit_after:
+            live = left > 0
+            row_steps += int(live.sum())
+            left[live] -= 1
+            done = np.flatnonzero(live & (left == 0))
+            for b in done:
+                slot_busy[row_slot[b]] -= 1
+            finished += len(done)
+            remaining -= len(done)
+            k += 1
+            step += 1
+    return step, row_steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--histogram", required=True, help="JSON: {\"low-high\": count, \">=L\": count}")
@@ -58,6 +108,10 @@ def main() -> None:
     p.add_argument("--samples", default="512", help="samples per call, comma-separated")
     p.add_argument("--limit", type=int, default=1024, help="max_completion_length")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slots", default="", help="also the sampler's schedule with these prompt "
+                   "slot counts, comma-separated, each slot:lanes (e.g. 16:32,8:64)")
+    p.add_argument("--per-prompt", type=int, default=32, help="samples per prompt (--slots)")
+    p.add_argument("--segment-steps", type=int, default=64, help="sampler.segment_steps (--slots)")
     args = p.parse_args()
     try:
         histogram = json.loads(args.histogram)
@@ -74,6 +128,14 @@ def main() -> None:
                 f"{args.histogram!r}")
     if args.rows < 1 or min(counts) < 1 or args.limit < 1:
         p.error("--rows, --samples and --limit must be at least 1")
+    if not re.fullmatch(r"(\d+:\d+(,\d+:\d+)*)?", args.slots):
+        p.error(f"--slots: expected slots:lanes pairs such as 16:32,8:64, got {args.slots!r}")
+    layouts = [tuple(int(x) for x in pair.split(":")) for pair in args.slots.split(",") if pair]
+    if any(min(pair) < 1 for pair in layouts) or args.per_prompt < 1 or args.segment_steps < 1:
+        p.error("--slots, --per-prompt and --segment-steps must be at least 1")
+    if layouts and any(count % args.per_prompt for count in counts):
+        p.error(f"--samples: with --slots each count must be a multiple of --per-prompt "
+                f"({args.per_prompt}), got {args.samples!r}")
     rng = np.random.default_rng(args.seed)
     for count in counts:
         lengths = draw_lengths(histogram, count, args.limit, rng)
@@ -82,6 +144,13 @@ def main() -> None:
         print(json.dumps({"samples": count, "rows": args.rows, "tokens": int(lengths.sum()),
                           "steps": taken, "fewest": fewest,
                           "row_occupancy": round(float(lengths.sum()) / (taken * args.rows), 3)}))
+        for slots, lanes in layouts:
+            taken, _ = slotted_steps(lengths.reshape(-1, args.per_prompt), args.rows, slots,
+                                     lanes, args.segment_steps)
+            print(json.dumps({"samples": count, "rows": args.rows, "slots": slots,
+                              "lanes": lanes, "per_prompt": args.per_prompt, "steps": taken,
+                              "row_occupancy": round(float(lengths.sum()) / (taken * args.rows),
+                                                     3)}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 index), whatever the slot layout, the page supply or the other requests; the paged attention
 computes the dense attention."""
 
+import importlib.util
+import pathlib
 import time
 
 import jax
@@ -14,7 +16,9 @@ from conftest import save_tiny_llama
 from arc_jax.model.llama import shared_prefix_scores
 from arc_jax.rollout import JaxSampler, PromptBuckets, SamplerConfig, SamplingParams
 from arc_jax.rollout import attention
+from arc_jax.rollout.memory import plan_slots
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 61
 # Mixed lengths (three prompt-length buckets with minimum 8), given out of length order.
 PROMPTS = [[1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
@@ -123,6 +127,35 @@ def test_the_call_seconds_split_into_prefills_segments_and_host_visits(model):
     assert stats["prefills"] == 4 and stats["segments"] >= 8
     assert stats["prefill_s"] > 0 and stats["decode_s"] > 0 and stats["host_s"] > 0
     assert stats["prefill_s"] + stats["decode_s"] + stats["host_s"] <= wall
+
+
+@pytest.mark.parametrize("n,rows,rows_per_prompt", [(2, 8, 2), (5, 4, 2), (3, 6, 3)])
+def test_the_drain_model_replays_the_samplers_schedule_step_for_step(model, n, rows,
+                                                                      rows_per_prompt):
+    # `benchmarks/drain.py` predicts the steps of layouts no GPU has run; fed the lengths the
+    # sampler produced, it must reproduce the sampler's own steps and row-steps. 10 prompts
+    # on rows / R slots (memory for exactly that layout, so no extra slots): a slot takes the
+    # next prompt only when its last row finishes, and rows are refilled between segments.
+    spec = importlib.util.spec_from_file_location("drain", ROOT / "benchmarks" / "drain.py")
+    drain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drain)
+    rng = np.random.default_rng(0)
+    prompts = [[1] + rng.integers(6, VOCAB, int(rng.integers(2, 30))).tolist() for _ in range(10)]
+    r = min(n, rows_per_prompt)
+    exact = plan_slots(model.config, np.float32, prompts=rows // r, rows_per_prompt=r,
+                       prompt_len=32, max_new_tokens=24, page_size=4,
+                       pages=1 + rows * 6).total
+    sampler = JaxSampler(model, config=SamplerConfig(
+        buckets=_buckets(), page_size=4, segment_steps=6, max_rows=rows,
+        rows_per_prompt=rows_per_prompt, memory_bytes=exact))
+    out, stats = sampler.generate(prompts, n, sampling()), sampler.last_stats
+    assert stats["prompt_slots"] == rows // r and not stats.get("preempted")
+    first = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # the sampler's order
+    lengths = np.array([[len(c.token_ids) for c in out[i]] for i in first])
+    assert len(np.unique(lengths)) > 5
+    replayed = drain.slotted_steps(lengths, stats["rows"], stats["prompt_slots"], stats["lanes"],
+                                   segment_steps=6)
+    assert replayed == (stats["steps"], stats["row_steps"])
 
 
 def test_samples_of_a_prompt_differ_and_seeds_matter(model):

@@ -170,6 +170,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.sampler.rows_per_prompt = 16  # rows per prompt (R); a slot serves up to 2R at once
     config.sampler.page_size = 32  # tokens per page of the completion cache
     config.sampler.segment_steps = 64  # most decoding steps between two visits of the host
+    config.sampler.refill_rows = 0  # a segment also ends once this many rows finished (0: rows // 8)
     config.sampler.attention = "auto"  # own-key attention: "pallas" (GPU), "xla", or "auto"
     config.sampler.memory_fraction = 0.8  # share of the free device memory the sampler plans on
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
@@ -331,6 +332,7 @@ _RULES = (
     ("sampler.rows_per_prompt", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("sampler.page_size", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
     ("sampler.segment_steps", lambda v, c: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sampler.refill_rows", lambda v, c: _integer(v) and v >= 0, "an integer >= 0"),
     ("sampler.attention", lambda v, c: v in ("auto", "xla", "pallas"),
      "'auto', 'xla' or 'pallas'"),
     ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),

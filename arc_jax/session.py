@@ -240,5 +240,6 @@ def _jax_engine(config, model, tokenizer, buckets, model_path) -> RolloutEngine:
     s = config.sampler
     return JaxSampler(model, tokenizer, SamplerConfig(
         max_rows=s.max_rows, rows_per_prompt=s.rows_per_prompt, page_size=s.page_size,
-        segment_steps=s.segment_steps, attention=s.attention, buckets=buckets,
-        memory_fraction=s.memory_fraction, seed=config.seed, merge_lora=s.merge_lora))
+        segment_steps=s.segment_steps, refill_rows=s.refill_rows, attention=s.attention,
+        buckets=buckets, memory_fraction=s.memory_fraction, seed=config.seed,
+        merge_lora=s.merge_lora))

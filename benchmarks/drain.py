@@ -13,7 +13,8 @@ realistic lengths (16 tasks x 32 predictions, H100, 2026-12-07):
 
 With `--slots 16:32,8:64` it also replays the sampler's own schedule for those layouts (prompt
 slots : lanes per slot, `sampler.rows_per_prompt` 16 and 32 at 256 rows): a prompt holds its
-slot until its longest sample stops, and rows are refilled only between segments.
+slot until its longest sample stops, and rows are refilled only between segments
+(`--refill-rows 0,8`: `sampler.refill_rows` values to compare).
 """
 
 from __future__ import annotations
@@ -57,19 +58,20 @@ def steps(lengths: np.ndarray, rows: int) -> int:
 
 
 def slotted_steps(lengths: np.ndarray, rows: int, slots: int, lanes: int,
-                  segment_steps: int) -> tuple[int, int]:
+                  segment_steps: int, refill_rows: int = 0) -> tuple[int, int, int]:
     """(decode steps, row-steps) of the JAX sampler's schedule for lengths [prompts, n]: a
     prompt waits for a free prompt slot (one whose prompt has every sample started and none
     running); a free row takes the next sample of the oldest slotted prompt with samples to
     start and a free lane (`lanes` per slot); rows are refilled only between segments, which
-    end after `segment_steps` steps or once rows // 8 rows finished (as `_Run.results`)."""
+    end after `segment_steps` steps or once `refill_rows` rows finished (0: rows // 8), as
+    `_Run.results` does. Returns (decode steps, row-steps, segments)."""
     prompts, n = lengths.shape
     pending = collections.deque(range(prompts))
     slot_prompt, slot_next, slot_busy = [-1] * slots, [n] * slots, [0] * slots
     slot_order, admitted = [0] * slots, 0
     left = np.zeros(rows, np.int64)  # tokens each row has left; 0 = idle
     row_slot = np.zeros(rows, np.int64)
-    step = row_steps = 0
+    step = row_steps = segments = 0
     remaining = prompts * n
     while remaining:
         for s in range(slots):
@@ -85,8 +87,9 @@ def slotted_steps(lengths: np.ndarray, rows: int, slots: int, lanes: int,
             slot_next[s] += 1
             slot_busy[s] += 1
         refill = bool(pending) or any(slot_next[s] < n for s in range(slots))
-        exit_after = max(1, rows // 8) if refill else rows + 1
+        exit_after = (refill_rows or max(1, rows // 8)) if refill else rows + 1
         finished = k = 0
+        segments += 1
         while k < segment_steps and left.any() and finished < exit_after:
             live = left > 0
             row_steps += int(live.sum())
@@ -98,7 +101,7 @@ def slotted_steps(lengths: np.ndarray, rows: int, slots: int, lanes: int,
             remaining -= len(done)
             k += 1
             step += 1
-    return step, row_steps
+    return step, row_steps, segments
 
 
 def main() -> None:
@@ -112,6 +115,8 @@ def main() -> None:
                    "slot counts, comma-separated, each slot:lanes (e.g. 16:32,8:64)")
     p.add_argument("--per-prompt", type=int, default=32, help="samples per prompt (--slots)")
     p.add_argument("--segment-steps", type=int, default=64, help="sampler.segment_steps (--slots)")
+    p.add_argument("--refill-rows", default="0",
+                   help="sampler.refill_rows values to replay, comma-separated (--slots)")
     args = p.parse_args()
     try:
         histogram = json.loads(args.histogram)
@@ -133,6 +138,9 @@ def main() -> None:
     layouts = [tuple(int(x) for x in pair.split(":")) for pair in args.slots.split(",") if pair]
     if any(min(pair) < 1 for pair in layouts) or args.per_prompt < 1 or args.segment_steps < 1:
         p.error("--slots, --per-prompt and --segment-steps must be at least 1")
+    if not re.fullmatch(r"\d+(,\d+)*", args.refill_rows):
+        p.error(f"--refill-rows: expected comma-separated integers >= 0, got {args.refill_rows!r}")
+    refills = [int(x) for x in args.refill_rows.split(",")]
     if layouts and any(count % args.per_prompt for count in counts):
         p.error(f"--samples: with --slots each count must be a multiple of --per-prompt "
                 f"({args.per_prompt}), got {args.samples!r}")
@@ -144,11 +152,12 @@ def main() -> None:
         print(json.dumps({"samples": count, "rows": args.rows, "tokens": int(lengths.sum()),
                           "steps": taken, "fewest": fewest,
                           "row_occupancy": round(float(lengths.sum()) / (taken * args.rows), 3)}))
-        for slots, lanes in layouts:
-            taken, _ = slotted_steps(lengths.reshape(-1, args.per_prompt), args.rows, slots,
-                                     lanes, args.segment_steps)
+        for (slots, lanes), refill in ((layout, r) for layout in layouts for r in refills):
+            taken, _, segments = slotted_steps(lengths.reshape(-1, args.per_prompt), args.rows,
+                                               slots, lanes, args.segment_steps, refill)
             print(json.dumps({"samples": count, "rows": args.rows, "slots": slots,
-                              "lanes": lanes, "per_prompt": args.per_prompt, "steps": taken,
+                              "lanes": lanes, "per_prompt": args.per_prompt,
+                              "refill_rows": refill, "steps": taken, "segments": segments,
                               "row_occupancy": round(float(lengths.sum()) / (taken * args.rows),
                                                      3)}))
 

@@ -91,6 +91,10 @@ def test_rows_move_to_another_prompt_and_samples_stay_the_same(model):
     assert (stats["rows"], stats["prompt_slots"], stats["lanes"]) == (4, 4, 4)
     assert stats["most_rows_on_one_slot"] == 4
     assert_same(out, reference)
+    # Segments that run on until 3 rows finished (not 1): other refills, the same samples.
+    later, fewer = run(model, max_rows=4, rows_per_prompt=2, refill_rows=3)
+    assert fewer["segments"] < stats["segments"]
+    assert_same(later, reference)
 
 
 def test_one_prompt_on_fewer_rows_than_samples_gives_the_same_samples(model):
@@ -129,9 +133,11 @@ def test_the_call_seconds_split_into_prefills_segments_and_host_visits(model):
     assert stats["prefill_s"] + stats["decode_s"] + stats["host_s"] <= wall
 
 
-@pytest.mark.parametrize("n,rows,rows_per_prompt", [(2, 8, 2), (5, 4, 2), (3, 6, 3)])
+@pytest.mark.parametrize("n,rows,rows_per_prompt,refill_rows",
+                         [(2, 8, 2, 0), (5, 4, 2, 0), (3, 6, 3, 0), (3, 12, 4, 3)])
 def test_the_drain_model_replays_the_samplers_schedule_step_for_step(model, n, rows,
-                                                                      rows_per_prompt):
+                                                                      rows_per_prompt,
+                                                                      refill_rows):
     # `benchmarks/drain.py` predicts the steps of layouts no GPU has run; fed the lengths the
     # sampler produced, it must reproduce the sampler's own steps and row-steps. 10 prompts
     # on rows / R slots (memory for exactly that layout, so no extra slots): a slot takes the
@@ -147,15 +153,15 @@ def test_the_drain_model_replays_the_samplers_schedule_step_for_step(model, n, r
                        pages=1 + rows * 6).total
     sampler = JaxSampler(model, config=SamplerConfig(
         buckets=_buckets(), page_size=4, segment_steps=6, max_rows=rows,
-        rows_per_prompt=rows_per_prompt, memory_bytes=exact))
+        rows_per_prompt=rows_per_prompt, refill_rows=refill_rows, memory_bytes=exact))
     out, stats = sampler.generate(prompts, n, sampling()), sampler.last_stats
     assert stats["prompt_slots"] == rows // r and not stats.get("preempted")
     first = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # the sampler's order
     lengths = np.array([[len(c.token_ids) for c in out[i]] for i in first])
     assert len(np.unique(lengths)) > 5
     replayed = drain.slotted_steps(lengths, stats["rows"], stats["prompt_slots"], stats["lanes"],
-                                   segment_steps=6)
-    assert replayed == (stats["steps"], stats["row_steps"])
+                                   segment_steps=6, refill_rows=refill_rows)
+    assert replayed == (stats["steps"], stats["row_steps"], stats["segments"])
 
 
 def test_samples_of_a_prompt_differ_and_seeds_matter(model):

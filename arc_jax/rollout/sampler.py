@@ -89,6 +89,9 @@ class SamplerConfig:
     page_size: tokens per page of the completion cache.
     segment_steps: most decoding steps between two visits of the host (which hands finished
       rows new samples and pages).
+    refill_rows: a segment also ends once this many rows have finished, while there are samples
+      to give them (0: B // 8, at least 1); fewer leave finished rows idle for fewer steps,
+      for more host visits.
     attention: the rows' own-key attention: "pallas" (a kernel that reads only the pages
       written; GPU), "xla" (gathers every page; any backend) or "auto" (pallas on a GPU).
     buckets: the padded prompt lengths.
@@ -103,6 +106,7 @@ class SamplerConfig:
     rows_per_prompt: int = 16
     page_size: int = 32
     segment_steps: int = 64
+    refill_rows: int = 0
     attention: str = "auto"
     buckets: PromptBuckets = PromptBuckets()
     memory_fraction: float = 0.8
@@ -114,6 +118,8 @@ class SamplerConfig:
         for name in ("max_rows", "rows_per_prompt", "page_size", "segment_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SamplerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.refill_rows < 0:
+            raise ValueError(f"SamplerConfig.refill_rows must be >= 0, got {self.refill_rows}")
         if self.attention not in ATTENTION:
             raise ValueError(f"SamplerConfig.attention must be one of {ATTENTION}, got "
                              f"{self.attention!r}")
@@ -469,7 +475,8 @@ class _Run:
                 raise RuntimeError("JaxSampler: no row could start (too few cache pages)")
             keys = row_keys(np.uint32(self.seed % 2 ** 32), prompt_ids, sample_ids)
             refill = bool(self.pending) or any(self._to_start(p) for p in range(self.p))
-            exit_after = np.int32(max(1, self.b // 8) if refill else self.b + 1)
+            exit_after = np.int32((s.config.refill_rows or max(1, self.b // 8)) if refill
+                                  else self.b + 1)
             active = np.array([sample is not None for sample in self.row_sample])
             layout = self._layout()
             dispatched = time.perf_counter()

@@ -173,7 +173,7 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
                                                        + r.get("own_kv_read", 0)))
         tokens = r["output_tokens"]
         # 2 FLOPs per weight per token (decoded and prefilled), and the attention products
-        # (each lane's query against its slot's padded prompt, and each row's own pages).
+        # (each lane's query against its slot's prompt up to its length, and each row's own pages).
         per_slot = r.get("lanes", r.get("rows", 1) / max(r.get("prompt_slots", 1), 1))
         keys = r.get("own_kv_read", 0) + r.get("prompt_kv_read", 0) * per_slot
         compute = (2 * sizes["params"] * (tokens + r["prompt_tokens"])

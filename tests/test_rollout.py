@@ -81,17 +81,20 @@ def test_greedy_matches_transformers_generate(checkpoint, sampler):
 
 
 def test_greedy_matches_transformers_with_prompts_of_other_buckets_in_one_slot_set(checkpoint):
-    # Fewer slots than prompts, padded to the bucket of the 45-token prompt (64): the 5- and
-    # 7-token prompts are prefilled at their own bucket (8) into the first 8 positions of a
-    # slot, and the last prompt (bucket 64) reuses a slot that held another prompt's keys.
+    # Fewer slots than prompts, all padded to the bucket of the longest prompt (101 tokens:
+    # 128) from the start, although it comes last (shortest first): the 5- and 7-token prompts
+    # are prefilled at their own bucket (8) into the first 8 positions of a slot, and the last
+    # prompt reuses a slot that held another prompt's keys. One decoding program for the call.
     _, hf_model = checkpoint
     rng = np.random.default_rng(3)
-    prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 50)]
+    prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 100)]
     sampler = JaxSampler(load(checkpoint[0]), config=SamplerConfig(
         buckets=PromptBuckets(minimum=8, bits=1), max_rows=2, rows_per_prompt=1, page_size=4,
         segment_steps=5))
+    compiled = sampler._segment._cache_size()  # jit's cache is shared with earlier samplers
     results = sampler.generate(prompts, 2, GREEDY)
     assert sampler.last_stats["prompt_slots"] < len(prompts) == sampler.last_stats["prefills"]
+    assert sampler._segment._cache_size() - compiled <= 1
     for prompt, completions in zip(prompts, results):
         ids = torch.tensor([prompt])
         with torch.no_grad():  # argmax over every token (generate's min_new_tokens hides EOS)
@@ -250,6 +253,10 @@ def test_slot_plan_by_hand(sampler):
     assert plan.pages_per_row == 3 and plan.pages == 1 + 6 * 3  # every row can reach 20 tokens
     assert plan.page_pool == plan.pages * 8 * 512
     assert plan.prompt_cache == 4 * (64 * (512 + 1) + VOCAB * 5)
+    # The larger of the sampling transforms' [B, V] copies (6 x 97 x 33 bytes) and one prefill
+    # (64 tokens x (4 x 64 + 3 x 128) float32 activations, 4 x 64 x 64 float32 scores), and
+    # nothing more: the slots are allocated at the call's longest bucket and never grow.
+    assert plan.workspace == max(6 * 97 * 33, 64 * (4 * 64 + 3 * 128) * 4 + 4 * 64 * 64 * 4)
     # The extra slots only come with every page: a byte less, and the call gets 2 slots.
     fewer = choose_slots(sampler.model_config, np.float32, plan.total - 1, num_prompts=5, n=3,
                          prompt_len=64, max_new_tokens=20, max_rows=8, rows_per_prompt=16,

@@ -175,12 +175,6 @@ def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Ar
                      first_logits=put(cache.first_logits, logits), seen=seen)
 
 
-def grow_slots(cache: SlotCache, prompt_len: int) -> SlotCache:
-    """The cache with room for prompts of `prompt_len` tokens (the slots' contents kept)."""
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, prompt_len - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-    return cache.replace(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)))
-
-
 def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Array,
                 cache: SlotCache, pool: PagePool, table: jax.Array, layout: Layout, *,
                 attention: str, adapters: bool = True) -> tuple[jax.Array, PagePool]:

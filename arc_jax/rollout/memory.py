@@ -30,10 +30,8 @@ class SlotPlan:
     prompt_cache: keys and values of the P prompts, their last logits and token sets.
     page_pool: the M pages' keys and values.
     row_state: each row's next logits, token set and bookkeeping.
-    workspace: estimated transient buffers (the sampling transforms' copies of the [B, V]
-      logits during a step, or the activations of one prompt's prefill, whichever is larger),
-      plus the old prompt cache while the slots grow to a longer prompt bucket (at most half
-      of the new one).
+    workspace: estimated transient buffers: the sampling transforms' copies of the [B, V]
+      logits during a step, or the activations of one prompt's prefill, whichever is larger.
     """
 
     prompts: int
@@ -99,7 +97,7 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
                     prompt_cache=prompts * (prompt_len * (per_token + 1) + vocab * 5),
                     page_pool=pages * page_size * per_token,
                     row_state=rows * (vocab * 5 + 16),
-                    workspace=max(decode, prefill) + prompts * prompt_len * per_token // 2)
+                    workspace=max(decode, prefill))
 
 
 def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,

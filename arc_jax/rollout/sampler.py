@@ -35,7 +35,7 @@ from arc_jax import distributed
 from arc_jax.model.llama import Llama
 from arc_jax.model.lora import LoraParam, merge_lora
 from arc_jax.rollout.decode import (Layout, PagePool, Rows, SlotCache, decode_segment,
-                                    grow_slots, prefill_slot, row_keys)
+                                    prefill_slot, row_keys)
 from arc_jax.rollout.interface import Completion, SamplingParams
 from arc_jax.rollout.memory import SlotPlan, choose_slots, free_device_bytes
 
@@ -217,7 +217,6 @@ class JaxSampler:
         self._segment = jax.jit(_segment, static_argnums=0,
                                 static_argnames=("steps", "sampling", "attention", "adapters"),
                                 donate_argnums=(4, 7))
-        self._grow = jax.jit(grow_slots, static_argnums=1)
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ interface
@@ -331,10 +330,10 @@ class _Run:
         penalised = sampling.repetition_penalty != 1.0
         self.p, self.lanes = plan.prompts, plan.lanes
         self.b = plan.rows
-        # The slots start at the bucket of the longest prompt they take first (all of them, when
-        # the call has no more prompts than slots: then the call compiles for one length).
-        first = sorted(map(len, prompts))[:self.p]
-        self.prompt_len = sampler.config.buckets(max(first))
+        # The slots hold the call's longest prompt bucket from the start: they never grow (no
+        # second copy in memory, no recompiled segment), and a prompt is prefilled at its own
+        # bucket and read only up to its length.
+        self.prompt_len = plan.prompt_len
         model = nnx.merge(*sampler._weights)
         self.cache = SlotCache.empty(model, self.p, self.prompt_len, penalised)
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)
@@ -371,11 +370,7 @@ class _Run:
                 continue
             index = self.pending.popleft()
             prompt = self.prompts[index]
-            needed = self.s.config.buckets(len(prompt))
-            if needed > self.prompt_len:
-                self.cache = self.s._grow(self.cache, needed)
-                self.prompt_len = needed
-            tokens = np.zeros((1, needed), np.int32)  # its own bucket: no wasted prefill
+            tokens = np.zeros((1, self.s.config.buckets(len(prompt))), np.int32)  # its own bucket
             tokens[0, :len(prompt)] = prompt
             self.cache = self.s._prefill(*self.s._weights, self.cache, np.int32(slot), tokens,
                                          np.int32(len(prompt)), adapters=not self.s._merge)
@@ -493,8 +488,9 @@ class _Run:
             self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
             self.stats["own_kv_read"] += int(segment.own_read)
-            self.stats["prompt_kv_read"] += (int(segment.steps) * int(layout.used.sum())
-                                             * self.prompt_len)
+            # the prompt keys the Pallas kernel reads: each used slot's up to its prompt's length
+            self.stats["prompt_kv_read"] += int(segment.steps) * sum(
+                len(self.prompts[self.slot_prompt[p]]) for p in np.flatnonzero(layout.used))
             for b in range(self.b):
                 if self.row_sample[b] is None:
                     continue

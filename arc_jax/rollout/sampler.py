@@ -330,12 +330,11 @@ class _Run:
         penalised = sampling.repetition_penalty != 1.0
         self.p, self.lanes = plan.prompts, plan.lanes
         self.b = plan.rows
+        model = nnx.merge(*sampler._weights)
         # The slots hold the call's longest prompt bucket from the start: they never grow (no
         # second copy in memory, no recompiled segment), and a prompt is prefilled at its own
         # bucket and read only up to its length.
-        self.prompt_len = plan.prompt_len
-        model = nnx.merge(*sampler._weights)
-        self.cache = SlotCache.empty(model, self.p, self.prompt_len, penalised)
+        self.cache = SlotCache.empty(model, self.p, plan.prompt_len, penalised)
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)
         self.rows = Rows.empty(self.b, model_config.vocab_size, penalised)
         del model

@@ -32,6 +32,7 @@ from arc_jax.rollout import (
     choose_slots,
 )
 from arc_jax.rollout.decode import Layout, PagePool, Rows, SlotCache
+from arc_jax.rollout.memory import plan_slots
 from arc_jax.rollout.sampler import bucket_length
 
 VOCAB = 97
@@ -81,19 +82,23 @@ def test_greedy_matches_transformers_generate(checkpoint, sampler):
 
 
 def test_greedy_matches_transformers_with_prompts_of_other_buckets_in_one_slot_set(checkpoint):
-    # Fewer slots than prompts, all padded to the bucket of the longest prompt (101 tokens:
-    # 128) from the start, although it comes last (shortest first): the 5- and 7-token prompts
-    # are prefilled at their own bucket (8) into the first 8 positions of a slot, and the last
-    # prompt reuses a slot that held another prompt's keys. One decoding program for the call.
+    # Two slots (memory for exactly that layout) for five prompts, padded to the bucket of the
+    # longest (101 tokens: 128) from the start, although it comes last (shortest first): the 5-
+    # and 7-token prompts are prefilled at 8, the 41- and 45-token ones at their own bucket
+    # (64) into the first 64 positions of a 128-token slot that held another prompt's keys.
+    # One decoding program for the call.
     _, hf_model = checkpoint
     rng = np.random.default_rng(3)
     prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 100)]
-    sampler = JaxSampler(load(checkpoint[0]), config=SamplerConfig(
+    model = load(checkpoint[0])
+    exact = plan_slots(model.config, np.float32, prompts=2, rows_per_prompt=1, prompt_len=128,
+                       max_new_tokens=20, page_size=4, pages=1 + 2 * 5).total
+    sampler = JaxSampler(model, config=SamplerConfig(
         buckets=PromptBuckets(minimum=8, bits=1), max_rows=2, rows_per_prompt=1, page_size=4,
-        segment_steps=5))
+        segment_steps=5, memory_bytes=exact))
     compiled = sampler._segment._cache_size()  # jit's cache is shared with earlier samplers
     results = sampler.generate(prompts, 2, GREEDY)
-    assert sampler.last_stats["prompt_slots"] < len(prompts) == sampler.last_stats["prefills"]
+    assert sampler.last_stats["prompt_slots"] == 2 and sampler.last_stats["prefills"] == 5
     assert sampler._segment._cache_size() - compiled <= 1
     for prompt, completions in zip(prompts, results):
         ids = torch.tensor([prompt])

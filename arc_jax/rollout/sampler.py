@@ -335,6 +335,11 @@ class _Run:
         # second copy in memory, no recompiled segment), and a prompt is prefilled at its own
         # bucket and read only up to its length.
         self.cache = SlotCache.empty(model, self.p, plan.prompt_len, penalised)
+        # The first P prompts are prefilled at one length, their longest bucket (a call with no
+        # more prompts than slots, as in training, compiles one prefill); later ones, longer
+        # since prompts go shortest first, at their own bucket.
+        first = sorted(map(len, prompts))[:self.p]
+        self.first_len = sampler.config.buckets(max(first))
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)
         self.rows = Rows.empty(self.b, model_config.vocab_size, penalised)
         del model
@@ -369,7 +374,8 @@ class _Run:
                 continue
             index = self.pending.popleft()
             prompt = self.prompts[index]
-            tokens = np.zeros((1, self.s.config.buckets(len(prompt))), np.int32)  # its own bucket
+            tokens = np.zeros((1, max(self.s.config.buckets(len(prompt)), self.first_len)),
+                              np.int32)
             tokens[0, :len(prompt)] = prompt
             self.cache = self.s._prefill(*self.s._weights, self.cache, np.int32(slot), tokens,
                                          np.int32(len(prompt)), adapters=not self.s._merge)

@@ -332,12 +332,11 @@ class _Run:
         self.b = plan.rows
         model = nnx.merge(*sampler._weights)
         # The slots hold the call's longest prompt bucket from the start: they never grow (no
-        # second copy in memory, no recompiled segment), and a prompt is prefilled at its own
-        # bucket and read only up to its length.
+        # second copy in memory, no recompiled segment), and each is read only up to its
+        # prompt's length. The first P prompts are prefilled at one length, their longest
+        # bucket (a call with no more prompts than slots, as in training, compiles one
+        # prefill); later ones, longer since prompts go shortest first, at their own bucket.
         self.cache = SlotCache.empty(model, self.p, plan.prompt_len, penalised)
-        # The first P prompts are prefilled at one length, their longest bucket (a call with no
-        # more prompts than slots, as in training, compiles one prefill); later ones, longer
-        # since prompts go shortest first, at their own bucket.
         first = sorted(map(len, prompts))[:self.p]
         self.first_len = sampler.config.buckets(max(first))
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)

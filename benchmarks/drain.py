@@ -59,7 +59,7 @@ def steps(lengths: np.ndarray, rows: int) -> int:
 
 def slotted_steps(lengths: np.ndarray, rows: int, slots: int, lanes: int,
                   segment_steps: int, refill_rows: int = 0) -> tuple[int, int, int]:
-    """(decode steps, row-steps) of the JAX sampler's schedule for lengths [prompts, n]: a
+    """The JAX sampler's schedule replayed for lengths [prompts, n]: a
     prompt waits for a free prompt slot (one whose prompt has every sample started and none
     running); a free row takes the next sample of the oldest slotted prompt with samples to
     start and a free lane (`lanes` per slot); rows are refilled only between segments, which

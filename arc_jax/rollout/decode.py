@@ -154,10 +154,11 @@ row_keys = jax.jit(jax.vmap(row_key, in_axes=(None, 0, 0)))
 
 def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Array,
                  length: jax.Array, *, adapters: bool = True) -> SlotCache:
-    """Runs one right-padded prompt tokens [1, s] (real length `length`, s <= S: its own
-    bucket, not the slots' longest) through the model and writes its keys and values into the
-    first s positions of slot `slot` of the cache (the rest is never read: attention stops at
-    `length`), and its last logits and token set."""
+    """Runs one right-padded prompt tokens [1, s] (real length `length`, s <= S: the sampler
+    pads it to its own bucket or the call's first prompts' length, not to the slots' S) through
+    the model and writes its keys and values into the first s positions of slot `slot` of the
+    cache (the rest is never read: attention stops at `length`), and its last logits and token
+    set."""
     s = tokens.shape[1]
     valid = jnp.arange(s)[None, :] < length                                       # [1, s]
     empty = KVCache.empty(model.config, 1, s, model.numerics.compute_dtype)

@@ -168,10 +168,10 @@ def default_config() -> ml_collections.ConfigDict:
     # programs run while the next call samples)
     config.sampler.max_rows = 256  # most sequences the JAX sampler decodes at once
     config.sampler.rows_per_prompt = 16  # rows per prompt (R); a slot serves up to 2R at once
-    config.sampler.page_size = 32  # tokens per page of the completion cache
+    config.sampler.page_size = 32  # tokens per page of the key/value cache (prompts and rows)
     config.sampler.segment_steps = 64  # most decoding steps between two visits of the host
     config.sampler.refill_rows = 0  # a segment also ends once this many rows finished (0: rows // 8)
-    config.sampler.attention = "auto"  # own-key attention: "pallas" (GPU), "xla", or "auto"
+    config.sampler.attention = "auto"  # decoding attention: "pallas" (GPU), "xla", or "auto"
     config.sampler.memory_fraction = 0.8  # share of the free device memory the sampler plans on
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
 

@@ -14,8 +14,8 @@ against the XLA one on the 8B shapes, then runs the user's command on each,
 and prints, from the run's summary.json, per round: programs, output tokens, seconds of
 sampling and scoring, output tokens/s and programs/s (sampling + scoring, model loading and
 start-up excluded; round 0 also compiles), the length histogram, and the share of the HBM
-floor (the bytes the decode steps actually read: weights once per step, every prompt slot's
-padded keys and values, each row's own pages) and of the dense bf16 compute ceiling, with the
+floor (the bytes the decode steps actually read: weights once per step, each used slot's
+prompt keys and values up to its length, each row's own pages) and of the dense bf16 compute ceiling, with the
 card's datasheet figures. `--hf` adds HF `generate` (static cache) on the same card.
 Each part runs in its own process; JSON lines are printed as results arrive.
 """
@@ -114,13 +114,14 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
         sampler = JaxSampler(model, config=SamplerConfig(attention=impl, page_size=page_size))
         shaped = lambda f: jax.eval_shape(f)
         m = nnx.merge(*sampler._weights)
-        cache = shaped(lambda: SlotCache.empty(m, slots, prompt_len, False))
+        cache = shaped(lambda: SlotCache.empty(m, slots, False))
         pool = shaped(lambda: PagePool.empty(m, pages, page_size))
         state = shaped(lambda: Rows.empty(rows, config.vocab_size, False))
         spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
         try:
             compiled = sampler._segment.lower(
-                *sampler._weights, cache, pool, spec((rows, 32), jnp.int32),
+                *sampler._weights, cache, pool, spec((slots, prompt_len // page_size), jnp.int32),
+                spec((rows, 32), jnp.int32),
                 Layout.fixed(slots, rows // slots), state,
                 spec((rows,), bool), spec((rows,), bool), spec((rows, 2), jnp.uint32),
                 spec((), jnp.int32), steps=64, sampling=SamplingParams(top_p=0.95),

@@ -66,27 +66,33 @@ def measure_bandwidth(num_bytes: int = 512 * 2 ** 20) -> float:
     return num_bytes / best
 
 
-def time_prefix_kernels(slots: int, rows: int, lengths: list[int], prompt_len: int) -> None:
-    """The prompt part of a decode step's attention at the 8B head shapes, bf16: XLA (every
-    padded key, float32 scores) against the Pallas kernel (real lengths only), per layer."""
+def time_prefix_kernels(slots: int, rows: int, lengths: list[int], prompt_len: int,
+                        page_size: int = 32) -> None:
+    """The prompt part of a decode step's attention at the 8B head shapes, bf16, the prompts in
+    shuffled pages of a pool: XLA (gathers every page, float32 scores) against the Pallas
+    kernel (real lengths only), per layer."""
     from arc_jax.rollout import attention
 
     rng = np.random.default_rng(0)
     bf16 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
-    q, k, v = bf16(slots, rows, 32, 128), bf16(slots, prompt_len, 8, 128), bf16(slots, prompt_len, 8, 128)
+    per_prompt = -(-prompt_len // page_size)
+    pages = 1 + slots * per_prompt
+    q = bf16(slots, rows, 32, 128)
+    k, v = bf16(pages, page_size, 8, 128), bf16(pages, page_size, 8, 128)
+    table = jnp.asarray(1 + rng.permutation(pages - 1).reshape(slots, per_prompt), jnp.int32)
     lengths = jnp.asarray([lengths[i % len(lengths)] for i in range(slots)], jnp.int32)
     outs = {}
     for impl in ("xla", "pallas"):
-        fn = jax.jit(lambda q, k, v, n, impl=impl: attention.prefix_attention(
-            q, k, v, n, implementation=impl))
-        outs[impl] = jax.block_until_ready(fn(q, k, v, lengths))
+        fn = jax.jit(lambda q, k, v, t, n, impl=impl: attention.prefix_attention(
+            q, k, v, t, n, implementation=impl)[:2])
+        outs[impl] = jax.block_until_ready(fn(q, k, v, table, lengths))
         begin = time.perf_counter()
         for _ in range(20):
-            out = fn(q, k, v, lengths)
+            out = fn(q, k, v, table, lengths)
         jax.block_until_ready(out)
         ms = (time.perf_counter() - begin) / 20 * 1e3
         print(f"prefix attention {impl:>6}: {ms:.3f} ms per layer ({slots} slots x {rows} rows, "
-              f"prompts padded to {prompt_len}, real {int(lengths.sum())} tokens)", flush=True)
+              f"prompts paged up to {prompt_len}, real {int(lengths.sum())} tokens)", flush=True)
     err = jnp.linalg.norm(outs["pallas"][0] - outs["xla"][0]) / jnp.linalg.norm(outs["xla"][0])
     print(f"prefix attention pallas vs xla: relative error {float(err):.2e}, lse max error "
           f"{float(jnp.max(jnp.abs(outs['pallas'][1] - outs['xla'][1]))):.2e}", flush=True)

@@ -111,14 +111,17 @@ def test_one_prompt_on_fewer_rows_than_samples_gives_the_same_samples(model):
 def test_a_sample_survives_giving_its_pages_back(model):
     no_stop = sampling(stop_token_ids=())  # every row needs all of its 6 pages
     reference, _ = run(model, params=no_stop)
-    # Room for 20 rows but pages for 12 of them: running rows give pages back and restart.
+    # Room for 20 rows but pages for the prompts and 12 rows: running rows give pages back
+    # and restart.
     probe = JaxSampler(model, config=SamplerConfig(buckets=_buckets(), page_size=4,
                                                    segment_steps=6, max_rows=20))
     plan = probe.plan(len(PROMPTS), 5, max(map(len, PROMPTS)), 24)
     page_bytes = plan.page_pool // plan.pages
-    short = plan.total - plan.page_pool + (plan.pages_per_row * 12 + 1) * page_bytes
+    prompt_pages = plan.prompts * plan.pages_per_prompt
+    short = plan.total - plan.page_pool + (prompt_pages + plan.pages_per_row * 12 + 1) * page_bytes
     out, stats = run(model, params=no_stop, max_rows=20, memory_bytes=short)
-    assert stats["rows"] == 20 and stats["pages"] <= 12 * plan.pages_per_row
+    assert stats["rows"] == 20
+    assert stats["pages"] <= prompt_pages + 12 * plan.pages_per_row
     assert stats.get("preempted", 0) > 0
     assert_same(out, reference)
 
@@ -150,7 +153,7 @@ def test_the_drain_model_replays_the_samplers_schedule_step_for_step(model, n, r
     r = min(n, rows_per_prompt)
     exact = plan_slots(model.config, np.float32, prompts=rows // r, rows_per_prompt=r,
                        prompt_len=32, max_new_tokens=24, page_size=4,
-                       pages=1 + rows * 6).total
+                       pages=1 + rows // r * 8 + rows * 6).total
     sampler = JaxSampler(model, config=SamplerConfig(
         buckets=_buckets(), page_size=4, segment_steps=6, max_rows=rows,
         rows_per_prompt=rows_per_prompt, refill_rows=refill_rows, memory_bytes=exact))
@@ -196,25 +199,38 @@ def test_greedy_samples_are_identical_and_match_one_row(model):
 def random_case(seed, rows_per_prompt=3, prompts=2, prompt_len=24, page_size=4, pages_per_row=5,
                 heads=4, kv_heads=2, head_dim=8):
     rng = np.random.default_rng(seed)
+    """Rows' and prompts' keys in pages of one pool, shuffled, and the prompts' keys also as
+    dense [P, S, K, H] arrays for the reference. Returns (q, k_pages, v_pages, table, lengths,
+    prefix_k, prefix_v, prefix_lengths, prompt_table)."""
+    rng = np.random.default_rng(seed)
     b = prompts * rows_per_prompt
-    total_pages = 1 + b * pages_per_row
+    per_prompt = -(-prompt_len // page_size)
+    total_pages = 1 + b * pages_per_row + prompts * per_prompt
     q = rng.normal(size=(b, heads, head_dim)).astype(np.float32)
     k_pages = rng.normal(size=(total_pages, page_size, kv_heads, head_dim)).astype(np.float32)
     v_pages = rng.normal(size=(total_pages, page_size, kv_heads, head_dim)).astype(np.float32)
-    table = 1 + rng.permutation(b * pages_per_row).reshape(b, pages_per_row).astype(np.int32)
+    order = 1 + rng.permutation(total_pages - 1).astype(np.int32)
+    table = order[:b * pages_per_row].reshape(b, pages_per_row)
+    prompt_table = order[b * pages_per_row:].reshape(prompts, per_prompt)
     lengths = rng.integers(1, page_size * pages_per_row + 1, b).astype(np.int32)
     lengths[0] = 1
     lengths[-1] = page_size * pages_per_row
     prefix_k = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
     prefix_v = rng.normal(size=(prompts, prompt_len, kv_heads, head_dim)).astype(np.float32)
+    for pages, dense in ((k_pages, prefix_k), (v_pages, prefix_v)):
+        padded = np.zeros((prompts, per_prompt * page_size, kv_heads, head_dim), np.float32)
+        padded[:, :prompt_len] = dense
+        pages[prompt_table] = padded.reshape(prompts, per_prompt, page_size, kv_heads, head_dim)
     prefix_lengths = rng.integers(1, prompt_len + 1, prompts).astype(np.int32)
     prefix_lengths[0] = 1
-    return q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths
+    return (q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths,
+            prompt_table)
 
 
-def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths):
+def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths,
+                    prompt_table):
     """The attention as `shared_prefix_scores` computes it, with each row's own keys copied out
-    of its pages into a dense [P, R, T, K, H] cache."""
+    of its pages into a dense [P, R, T, K, H] cache and the prompts' dense keys."""
     p = prefix_k.shape[0]
     b, n, h = q.shape
     r = b // p
@@ -234,10 +250,11 @@ def dense_reference(q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, pre
 
 
 def split_parts(case, implementation):
-    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths = case
+    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths, prompt_table = case
     p = prefix_k.shape[0]
-    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                        prefix_lengths, implementation=implementation)
+    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), k_pages, v_pages,
+                                        prompt_table, prefix_lengths,
+                                        implementation=implementation)[:2]
     prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
     own = attention.paged_attention(q, k_pages, v_pages, table, lengths,
                                     implementation=implementation)[:2]
@@ -251,12 +268,13 @@ def test_paged_attention_equals_the_dense_attention(seed):
 
 
 def test_an_empty_own_part_leaves_the_prefix_attention():
-    q, k_pages, v_pages, table, lengths, prefix_k, prefix_v, prefix_lengths = random_case(3)
+    q, k_pages, v_pages, table, lengths, prefix_k, _, prefix_lengths, prompt_table = \
+        random_case(3)
     own = attention.paged_attention(q, k_pages, v_pages, table, np.zeros_like(lengths))[:2]
     assert np.all(np.isneginf(own[1])) and np.all(own[0] == 0)
     p = prefix_k.shape[0]
-    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                        prefix_lengths)
+    prefix = attention.prefix_attention(q.reshape(p, -1, *q.shape[1:]), k_pages, v_pages,
+                                        prompt_table, prefix_lengths)[:2]
     prefix = jax.tree.map(lambda x: x.reshape(q.shape[0], *x.shape[2:]), prefix)
     np.testing.assert_allclose(attention.merge(prefix, own), prefix[0], atol=1e-6)
 
@@ -279,15 +297,17 @@ def test_the_pallas_kernel_equals_the_xla_paged_attention(seed):
 
 @pytest.mark.parametrize("prompt_len, rows_per_prompt", [(200, 3), (64, 5)])
 def test_the_pallas_prefix_kernel_equals_the_dense_attention(prompt_len, rows_per_prompt):
-    # Prompts of 1 token, of a partial last block and of the whole padded length; the kernel
-    # splits each prompt into chunks (200 tokens: several chunks, some empty) and merges them.
+    # Prompts of 1 token, of a partial last page and of the whole padded length, in shuffled
+    # pages; the kernel splits each prompt into chunks (200 tokens: several chunks, some
+    # empty) and merges them.
     case = random_case(7, rows_per_prompt=rows_per_prompt, prompts=3, prompt_len=prompt_len,
                        page_size=16, pages_per_row=2, heads=8, kv_heads=2, head_dim=16)
     case[7][:] = [1, prompt_len - 7, prompt_len]
     np.testing.assert_allclose(split_parts(case, "pallas"), dense_reference(*case), atol=3e-5)
-    q, prefix_k, prefix_v, prefix_lengths = case[0], *case[5:]
-    ours = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                      prefix_lengths, implementation="pallas")
-    ref = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), prefix_k, prefix_v,
-                                     prefix_lengths)
+    q, k_pages, v_pages, prefix_lengths, prompt_table = case[0], *case[1:3], *case[7:]
+    ours = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), k_pages, v_pages,
+                                      prompt_table, prefix_lengths, implementation="pallas")
+    ref = attention.prefix_attention(q.reshape(3, -1, *q.shape[1:]), k_pages, v_pages,
+                                     prompt_table, prefix_lengths)
     np.testing.assert_allclose(ours[1], ref[1], atol=3e-5)
+    np.testing.assert_array_equal(ours[2], k_pages)  # the pool goes out unchanged

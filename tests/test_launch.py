@@ -39,7 +39,7 @@ def test_help_lists_the_config_flag_and_every_field_with_its_default():
     assert "--config" in result.stdout
     assert "configs/demo.py" in result.stdout
     assert "--config.learning_rate=1e-06" in result.stdout
-    assert ("--config.sampler.page_size=32  # tokens per page of the completion cache"
+    assert ("--config.sampler.page_size=32  # tokens per page of the key/value cache (prompts and rows)"
             in result.stdout)
     assert "--config.rollout.vllm.server_port=0  # 0 = a free port" in result.stdout
 

@@ -82,17 +82,17 @@ def test_greedy_matches_transformers_generate(checkpoint, sampler):
 
 
 def test_greedy_matches_transformers_with_prompts_of_other_buckets_in_one_slot_set(checkpoint):
-    # Two slots (memory for exactly that layout) for five prompts, padded to the bucket of the
-    # longest (101 tokens: 128) from the start, although it comes last (shortest first): the 5-
-    # and 7-token prompts are prefilled at 8, the 41- and 45-token ones at their own bucket
-    # (64) into the first 64 positions of a 128-token slot that held another prompt's keys.
-    # One decoding program for the call.
+    # Two slots (memory for exactly that layout) for five prompts, their page tables as wide
+    # as the bucket of the longest (101 tokens: 128) from the start, although it comes last
+    # (shortest first): the 5- and 7-token prompts are prefilled at 8, the 41- and 45-token
+    # ones at their own bucket (64), into pages that held other prompts' keys. One decoding
+    # program for the call.
     _, hf_model = checkpoint
     rng = np.random.default_rng(3)
     prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 100)]
     model = load(checkpoint[0])
     exact = plan_slots(model.config, np.float32, prompts=2, rows_per_prompt=1, prompt_len=128,
-                       max_new_tokens=20, page_size=4, pages=1 + 2 * 5).total
+                       max_new_tokens=20, page_size=4, pages=1 + 2 * 32 + 2 * 5).total
     sampler = JaxSampler(model, config=SamplerConfig(
         buckets=PromptBuckets(minimum=8, bits=1), max_rows=2, rows_per_prompt=1, page_size=4,
         segment_steps=5, memory_bytes=exact))
@@ -173,12 +173,13 @@ def test_prompt_cache_is_not_copied_per_sample(sampler):
                             max_rows=rows_per_prompt, rows_per_prompt=rows_per_prompt,
                             page_size=4)
         model = nnx.merge(*sampler._weights)
-        cache = SlotCache.empty(model, plan.prompts, plan.prompt_len, False)
+        cache = SlotCache.empty(model, plan.prompts, False)
         pool = PagePool.empty(model, plan.pages, plan.page_size)
         rows = Rows.empty(plan.rows, VOCAB, False)
         b = plan.rows
         compiled = sampler._segment.lower(
-            *sampler._weights, cache, pool, np.zeros((b, 1), np.int32),
+            *sampler._weights, cache, pool,
+            np.zeros((plan.prompts, plan.pages_per_prompt), np.int32), np.zeros((b, 1), np.int32),
             Layout.fixed(plan.prompts, plan.rows_per_prompt), rows, np.ones(b, bool),
             np.ones(b, bool), np.zeros((b, 2), np.uint32), np.int32(b + 1), steps=4,
             sampling=SamplingParams(max_new_tokens=4), attention="xla", adapters=True).compile()
@@ -255,9 +256,12 @@ def test_slot_plan_by_hand(sampler):
                         page_size=8)
     # 8 // 3 = 2 prompts' rows (3 each); 5 prompts, so twice the slots: 4, up to 6 rows each
     assert (plan.prompts, plan.rows_per_prompt, plan.rows, plan.lanes) == (4, 3, 6, 6)
-    assert plan.pages_per_row == 3 and plan.pages == 1 + 6 * 3  # every row can reach 20 tokens
+    # Every slot can hold a 64-token prompt (8 pages) and every row can reach 20 tokens.
+    assert plan.pages_per_row == 3 and plan.pages_per_prompt == 8
+    assert plan.pages == 1 + 4 * 8 + 6 * 3
     assert plan.page_pool == plan.pages * 8 * 512
-    assert plan.prompt_cache == 4 * (64 * (512 + 1) + VOCAB * 5)
+    # Each slot: float32 logits and a token set over the vocabulary, and 8 page numbers.
+    assert plan.prompt_cache == 4 * (VOCAB * 5 + 8 * 4)
     # The larger of the sampling transforms' [B, V] copies (6 x 97 x 33 bytes) and one prefill
     # (64 tokens x (4 x 64 + 3 x 128) float32 activations, 4 x 64 x 64 float32 scores), and
     # nothing more: the slots are allocated at the call's longest bucket and never grow.
@@ -266,19 +270,21 @@ def test_slot_plan_by_hand(sampler):
     fewer = choose_slots(sampler.model_config, np.float32, plan.total - 1, num_prompts=5, n=3,
                          prompt_len=64, max_new_tokens=20, max_rows=8, rows_per_prompt=16,
                          page_size=8)
-    assert (fewer.prompts, fewer.rows, fewer.pages) == (2, 6, 1 + 6 * 3)
-    assert fewer.prompt_cache == 2 * (64 * (512 + 1) + VOCAB * 5)
+    assert (fewer.prompts, fewer.rows, fewer.pages) == (2, 6, 1 + 2 * 8 + 6 * 3)
+    assert fewer.prompt_cache == 2 * (VOCAB * 5 + 8 * 4)
 
 
 def test_short_memory_gives_fewer_pages_then_fewer_rows(sampler):
     args = dict(num_prompts=4, n=4, prompt_len=64, max_new_tokens=32, max_rows=16,
                 rows_per_prompt=4, page_size=8)
     full = choose_slots(sampler.model_config, np.float32, 2 ** 30, **args)
-    assert full.rows == 16 and full.pages == 1 + 16 * 4
-    # Pages for half of every row's reach: still 16 rows, which then wait for pages.
-    half = choose_slots(sampler.model_config, np.float32, full.total - 16 * 2 * 8 * 512, **args)
-    assert half.rows == 16 and 1 + 16 * 2 <= half.pages < full.pages
-    fewer = choose_slots(sampler.model_config, np.float32, half.total - 8 * 512 * 4, **args)
+    assert full.rows == 16 and full.pages == 1 + 4 * 8 + 16 * 4  # 4 prompts, 16 rows
+    # Pages for the prompts and for more than half of every row's reach: still 16 rows, which
+    # then wait for pages.
+    half = choose_slots(sampler.model_config, np.float32, full.total - 24 * 8 * 512, **args)
+    assert half.rows == 16 and 1 + 4 * 8 + 16 * 2 <= half.pages < full.pages
+    # Less than half (pages come in steps of 1/16 of the full count, 6 here): 8 rows.
+    fewer = choose_slots(sampler.model_config, np.float32, half.total - 12 * 8 * 512, **args)
     assert fewer.rows == 8
 
 

@@ -1,7 +1,8 @@
 """Attention of one decoding query per row, in two parts merged by their log-sum-exp.
 
-Shapes: B rows, P prompt slots with R query rows (lanes) each, S prompt length, M pages of ps
-tokens, n pages per row, N query heads, K key/value heads, g = N / K, H head dim.
+Shapes: B rows, P prompt slots with R query rows (lanes) each, M pages of ps tokens, n pages
+per row (or per prompt), N query heads, K key/value heads, g = N / K, H head dim. Prompts and
+completions keep their keys and values in pages of one pool.
 
 softmax over [prompt keys ; own keys] = the two partial softmaxes weighted by exp(lse):
 `prefix_attention` is one matmul per prompt slot over its R rows' queries (the prompt's keys
@@ -10,9 +11,9 @@ its pages, and `merge` combines them. Each part returns (out [.., N, H] float32 
 within the part, lse [.., N] float32); an empty part has lse = -inf and out = 0.
 
 Both parts have two implementations of one function: "xla" (the reference, any backend; it
-gathers every row's n pages, moving them through memory three times on a GPU, and scores
-every padded prompt key in float32), and "pallas", kernels that read each row's pages and
-each slot's prompt only up to their lengths (`arc_jax.rollout.pallas_attention`).
+gathers every page of the tables, moving them through memory three times on a GPU, and scores
+every gathered key in float32), and "pallas", kernels that read each row's and each slot's
+pages only up to their lengths (`arc_jax.rollout.pallas_attention`).
 """
 
 from __future__ import annotations
@@ -35,27 +36,31 @@ def _softmax_part(scores: jax.Array, values_fn) -> tuple[jax.Array, jax.Array]:
     return out, lse
 
 
-def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *,
-                     implementation: str = "xla") -> tuple[jax.Array, jax.Array]:
-    """q [P, R, N, H] over each slot's first lengths[p] (>= 1) prompt keys k, v [P, S, K, H]
-    -> out [P, R, N, H], lse [P, R, N]. "pallas" reads each slot's keys once for its R rows and
-    only up to its length (`pallas_attention.prefix_attention`); "xla" computes the scores of
-    every padded key."""
+def prefix_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
+                     lengths: jax.Array, *, implementation: str = "xla"
+                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """q [P, R, N, H] over each slot's first lengths[p] (>= 1) prompt keys, token t of slot p
+    being slot t % ps of page table[p, t // ps] of k_pages, v_pages [M, ps, K, H]
+    -> out [P, R, N, H], lse [P, R, N], and the pages (the same values; the caller carries
+    these on, see `pallas_attention`). "pallas" reads each slot's keys once for its R rows
+    and only up to its length (`pallas_attention.prefix_attention`); "xla" gathers every page
+    of the table and computes the scores of every key in them."""
     if implementation == "pallas":
         from arc_jax.rollout import pallas_attention
 
-        return pallas_attention.prefix_attention(q, k, v, lengths)
+        return pallas_attention.prefix_attention(q, k_pages, v_pages, table, lengths)
     _check(implementation)
     p, r, n, h = q.shape
-    s, kh = k.shape[1], k.shape[2]
-    valid = jnp.arange(s)[None, :] < lengths[:, None]                           # [P, S]
+    _, ps, kh, _ = k_pages.shape
+    k, v = (pages[table].reshape(p, -1, kh, h) for pages in (k_pages, v_pages))  # [P, n*ps, K, H]
+    valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]                   # [P, n*ps]
     q = q.reshape(p, r, kh, n // kh, h) * jnp.asarray(h ** -0.5, q.dtype)
     scores = jnp.einsum("prkgh,pskh->prkgs", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(valid[:, None, None, None, :], scores, NEVER)
     values = lambda w: jnp.einsum("prkgs,pskh->prkgh", w.astype(v.dtype), v,
                                   preferred_element_type=jnp.float32)
     out, lse = _softmax_part(scores, values)
-    return out.reshape(p, r, n, h), lse.reshape(p, r, n)
+    return out.reshape(p, r, n, h), lse.reshape(p, r, n), k_pages, v_pages
 
 
 def _check(implementation: str) -> None:

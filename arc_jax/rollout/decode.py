@@ -1,18 +1,18 @@
-"""Continuous-batching decode: prompt slots, a paged completion cache, and segments of steps.
+"""Continuous-batching decode: prompt slots, one paged cache, and segments of steps.
 
 Shapes: P prompt slots, B decode rows, L lanes per slot (the most rows one slot's prompt
-serves at once), S prompt slots' length, M pages of `ps` tokens, n pages per row
-(ceil(max_new_tokens / ps)), D hidden size, N query heads, K key/value heads, H head dim,
-V vocabulary, k steps per segment.
+serves at once), M pages of `ps` tokens, n pages per row (ceil(max_new_tokens / ps)), np pages
+per prompt slot (ceil(longest padded prompt / ps)), D hidden size, N query heads, K key/value
+heads, H head dim, V vocabulary, k steps per segment.
 
 Row b decodes one sample of the prompt in slot `layout.slot[b]`, in lane `layout.lane[b]` of
 that slot (`Layout`): any row may decode any slot's prompt, so a row that finishes takes the
-next waiting sample of any prompt. Each prompt's keys and values exist once (`SlotCache`,
-[P, S, K, H]) and the rows in its lanes attend to them as one matrix; a row's own keys
-and values live in pages of a shared pool (`PagePool`, [M, ps, K, H]) listed in its row of the
-page table [B, n], so a row holds memory for the tokens it has, not for max_new_tokens, and
-attention reads only the pages written. Page 0 is never given to a row: rows with nothing to
-do write there. Attention of a decoding query = the softmax over [prompt keys ; own keys],
+next waiting sample of any prompt. Keys and values live in pages of one pool (`PagePool`,
+[M, ps, K, H]): each prompt's once, in the pages of its slot's row of the prompt table [P, np],
+and the rows in its lanes attend to them as one matrix; a row's own in the pages of its row of
+the page table [B, n]. So a prompt holds memory for its real length, a row for the tokens it
+has, not for max_new_tokens, and attention reads only the pages written. Page 0 is never
+given out: rows with nothing to do, and the padding of a prompt's last bucket, write there. Attention of a decoding query = the softmax over [prompt keys ; own keys],
 computed as two parts merged by their log-sum-exp (`arc_jax.rollout.attention`).
 
 The host (`arc_jax.rollout.sampler`) assigns samples to rows and pages to rows between
@@ -38,31 +38,29 @@ TRASH_PAGE = 0  # writes of idle rows go here; never read
 
 @flax.struct.dataclass
 class SlotCache:
-    """The prompts in the P slots.
+    """The prompts in the P slots (their keys and values are in the pool's pages).
 
-    k[i], v[i]: layer i's [P, S, K, H] (right-padded). lengths [P]: the prompts' lengths.
-    first_logits [P, V]: logits at each prompt's last token (its samples' first draw).
-    seen [P, V] bool: tokens of the prompt (for the repetition penalty; [P, 0] without it).
+    lengths [P]: the prompts' lengths. first_logits [P, V]: logits at each prompt's last token
+    (its samples' first draw). seen [P, V] bool: tokens of the prompt (for the repetition
+    penalty; [P, 0] without it).
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
     lengths: jax.Array
     first_logits: jax.Array
     seen: jax.Array
 
     @classmethod
-    def empty(cls, model: Llama, prompts: int, prompt_len: int, penalised: bool) -> SlotCache:
-        kv = KVCache.empty(model.config, prompts, prompt_len, model.numerics.compute_dtype)
+    def empty(cls, model: Llama, prompts: int, penalised: bool) -> SlotCache:
         vocab = model.config.vocab_size
-        return cls(k=kv.k, v=kv.v, lengths=jnp.ones((prompts,), jnp.int32),
+        return cls(lengths=jnp.ones((prompts,), jnp.int32),
                    first_logits=jnp.zeros((prompts, vocab), jnp.float32),
                    seen=jnp.zeros((prompts, vocab if penalised else 0), bool))
 
 
 @flax.struct.dataclass
 class PagePool:
-    """k[i], v[i]: layer i's [M, ps, K, H]; page 0 is the trash page."""
+    """k[i], v[i]: layer i's [M, ps, K, H] (prompts' and rows' pages); page 0 is the trash
+    page."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -152,36 +150,40 @@ def row_key(seed: int, prompt_index: int, sample_index: int) -> jax.Array:
 row_keys = jax.jit(jax.vmap(row_key, in_axes=(None, 0, 0)))
 
 
-def prefill_slot(model: Llama, cache: SlotCache, slot: jax.Array, tokens: jax.Array,
-                 length: jax.Array, *, adapters: bool = True) -> SlotCache:
-    """Runs one right-padded prompt tokens [1, s] (real length `length`, s <= S: the sampler
-    pads it to its own bucket or the call's first prompts' length, not to the slots' S) through
-    the model and writes its keys and values into the first s positions of slot `slot` of the
-    cache (the rest is never read: attention stops at `length`), and its last logits and token
-    set."""
+def prefill_slot(model: Llama, cache: SlotCache, pool: PagePool, slot: jax.Array,
+                 tokens: jax.Array, length: jax.Array, pages: jax.Array, *,
+                 adapters: bool = True) -> tuple[SlotCache, PagePool]:
+    """Runs one right-padded prompt tokens [1, s] (real length `length`; s a multiple of the
+    page size: the sampler pads it to its own bucket or the call's first prompts' length)
+    through the model, writes its keys and values into pages [s / ps] of the pool (page t // ps
+    holds tokens t; pages past the prompt's last are the trash page), and its length, last
+    logits and token set into slot `slot`."""
     s = tokens.shape[1]
+    ps = pool.page_size
     valid = jnp.arange(s)[None, :] < length                                       # [1, s]
     empty = KVCache.empty(model.config, 1, s, model.numerics.compute_dtype)
     h, kv = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)
     logits = model.logits(jax.lax.dynamic_index_in_dim(h[0], length - 1, keepdims=False))
     put = lambda whole, part: jax.lax.dynamic_update_index_in_dim(whole, part, slot, 0)
-    put_kv = lambda whole, part: jax.lax.dynamic_update_slice(                    # part [1, s, K, H]
-        whole, part.astype(whole.dtype), (slot, 0, 0, 0))
+    write = lambda pool, part: pool.at[pages].set(                                # part [1, s, K, H]
+        part.reshape(s // ps, ps, *part.shape[2:]).astype(pool.dtype))
     seen = cache.seen
     if seen.shape[1]:
         seen = put(seen, jnp.zeros((seen.shape[1],), bool).at[tokens[0]].max(valid[0]))
-    return SlotCache(k=tuple(put_kv(c, x) for c, x in zip(cache.k, kv.k)),
-                     v=tuple(put_kv(c, x) for c, x in zip(cache.v, kv.v)),
-                     lengths=put(cache.lengths, length),
-                     first_logits=put(cache.first_logits, logits), seen=seen)
+    cache = SlotCache(lengths=put(cache.lengths, length),
+                      first_logits=put(cache.first_logits, logits), seen=seen)
+    return cache, PagePool(k=tuple(write(c, x) for c, x in zip(pool.k, kv.k)),
+                           v=tuple(write(c, x) for c, x in zip(pool.v, kv.v)))
 
 
 def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Array,
-                cache: SlotCache, pool: PagePool, table: jax.Array, layout: Layout, *,
-                attention: str, adapters: bool = True) -> tuple[jax.Array, PagePool]:
+                cache: SlotCache, pool: PagePool, prompt_table: jax.Array, table: jax.Array,
+                layout: Layout, *, attention: str, adapters: bool = True
+                ) -> tuple[jax.Array, PagePool]:
     """Feeds each row's token tokens [B] at its own index pos [B]; rows with writes [B] False
-    write into the trash page and their outputs are meaningless. Returns the next logits
-    [B, V] and the pool with the fed tokens' keys and values written."""
+    write into the trash page and their outputs are meaningless. prompt_table [P, np], table
+    [B, n]: the slots' and the rows' pages. Returns the next logits [B, V] and the pool with
+    the fed tokens' keys and values written."""
     ps = pool.page_size
     positions = (cache.lengths[layout.slot] + pos)[:, None]                       # [B, 1]
     read = jnp.where(layout.used, cache.lengths, 1)                              # [P]
@@ -201,9 +203,9 @@ def decode_step(model: Llama, tokens: jax.Array, pos: jax.Array, writes: jax.Arr
                 pool_v = pool.v[i].at[page, offset].set(v[:, 0].astype(pool.v[i].dtype))
             q = q[:, 0]                                                           # [B, N, H]
             with jax.named_scope("prefix_attention"):  # a slot's lanes as one matrix
-                prefix = paged.prefix_attention(q[None] if one_slot else q[layout.members],
-                                                cache.k[i], cache.v[i], read,
-                                                implementation=attention)
+                *prefix, pool_k, pool_v = paged.prefix_attention(
+                    q[None] if one_slot else q[layout.members], pool_k, pool_v, prompt_table,
+                    read, implementation=attention)
                 prefix = jax.tree.map(
                     lambda x: x[0] if one_slot else x[layout.slot, layout.lane], prefix)
             with jax.named_scope("own_attention"):
@@ -231,16 +233,17 @@ def start_rows(rows: Rows, cache: SlotCache, layout: Layout, active: jax.Array,
                 live=active & (rows.live | reset))
 
 
-def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Array,
-                   layout: Layout, rows: Rows, active: jax.Array, reset: jax.Array,
+def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, prompt_table: jax.Array,
+                   table: jax.Array, layout: Layout, rows: Rows, active: jax.Array, reset: jax.Array,
                    keys: jax.Array, exit_after: jax.Array, *, steps: int,
                    sampling: SamplingParams, attention: str, adapters: bool = True
                    ) -> tuple[PagePool, Rows, Segment]:
     """Up to `steps` decoding steps of the B rows.
 
     layout: the slot and lane of each row. active [B]: rows with a sample; reset [B], keys
-    [B, 2]: rows that start a new sample now (`start_rows`). table [B, n]: the
-    pages of each row, which must cover every token a live row can reach in `steps` steps.
+    [B, 2]: rows that start a new sample now (`start_rows`). prompt_table [P, np]: the pages
+    of each slot's prompt. table [B, n]: the pages of each row, which must cover every token a
+    live row can reach in `steps` steps.
     The segment ends after `steps` steps, when no row is live, or as soon as `exit_after`
     rows have finished in it. A row finishes when it emits a stop token (kept) or reaches
     sampling.max_new_tokens.
@@ -279,8 +282,8 @@ def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, table: jax.Ar
                       temperature_logprobs=out.temperature_logprobs.at[:, i].set(tlp),
                       count=out.count + live, steps=out.steps + 1, own_read=out.own_read + read)
         seen = rows.seen.at[jnp.arange(b), tokens].max(live) if penalised else rows.seen
-        logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, table, layout,
-                                   attention=attention, adapters=adapters)
+        logits, pool = decode_step(model, tokens, rows.pos, still, cache, pool, prompt_table,
+                                   table, layout, attention=attention, adapters=adapters)
         rows = Rows(logits=logits, pos=rows.pos + live, keys=rows.keys, seen=seen, live=still)
         return i + 1, pool, rows, out, finished + jnp.sum(ended)
 

@@ -24,10 +24,11 @@ class RolloutMemoryError(UserError, MemoryError):
 
 @dataclasses.dataclass(frozen=True)
 class SlotPlan:
-    """The device memory of P prompt slots of S tokens, B decode rows (R = rows_per_prompt per
-    prompt; see `lanes`), and M pages of `page_size` tokens (page 0 is the trash page).
+    """The device memory of P prompt slots for prompts of up to S tokens, B decode rows
+    (R = rows_per_prompt per prompt; see `lanes`), and M pages of `page_size` tokens, which
+    hold the prompts' and the rows' keys and values (page 0 is the trash page).
 
-    prompt_cache: keys and values of the P prompts, their last logits and token sets.
+    prompt_cache: the P prompts' last logits, token sets and page tables.
     page_pool: the M pages' keys and values.
     row_state: each row's next logits, token set and bookkeeping.
     workspace: estimated transient buffers: the sampling transforms' copies of the [B, V]
@@ -57,13 +58,18 @@ class SlotPlan:
         return -(-self.max_new_tokens // self.page_size)
 
     @property
+    def pages_per_prompt(self) -> int:
+        """Pages of the longest prompt, padded to its bucket (what its prefill writes)."""
+        return -(-self.prompt_len // self.page_size)
+
+    @property
     def total(self) -> int:
         return self.prompt_cache + self.page_pool + self.row_state + self.workspace
 
     def describe(self) -> str:
         return (f"{self.total / GiB:.2f} GiB for {self.rows} decode rows ({self.prompts} prompt "
-                f"slot(s) of {self.prompt_len} tokens, up to {self.lanes} rows each) and "
-                f"{self.pages - 1} pages of {self.page_size} tokens (prompt cache "
+                f"slot(s) for up to {self.prompt_len} tokens, up to {self.lanes} rows each) and "
+                f"{self.pages - 1} pages of {self.page_size} tokens (prompt slots "
                 f"{self.prompt_cache / GiB:.2f} GiB, pages {self.page_pool / GiB:.2f} GiB, rows "
                 f"{self.row_state / GiB:.2f} GiB, workspace {self.workspace / GiB:.2f} GiB)")
 
@@ -94,7 +100,7 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
     return SlotPlan(prompts=prompts, rows=rows, rows_per_prompt=rows_per_prompt,
                     prompt_len=prompt_len,
                     max_new_tokens=max_new_tokens, page_size=page_size, pages=pages,
-                    prompt_cache=prompts * (prompt_len * (per_token + 1) + vocab * 5),
+                    prompt_cache=prompts * (vocab * 5 + 4 * -(-prompt_len // page_size)),
                     page_pool=pages * page_size * per_token,
                     row_state=rows * (vocab * 5 + 16),
                     workspace=max(decode, prefill))
@@ -104,16 +110,19 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
                  prompt_len: int, max_new_tokens: int, max_rows: int, rows_per_prompt: int,
                  page_size: int, fused_prefill: bool = False) -> SlotPlan:
     """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt,
-    B = R x as many prompts as the call has and `max_rows` allows, and pages for every row to
-    reach max_new_tokens, or, when memory is short, for the rows to average at least half of
-    it (longer rows then wait for pages; see the sampler). When the call has more prompts than
+    B = R x as many prompts as the call has and `max_rows` allows, and pages for every slot's
+    prompt to be of the longest bucket and every row to reach max_new_tokens, or, when memory
+    is short, for the prompts and for the rows to average at least half of max_new_tokens
+    (longer rows then wait for pages; see the sampler). Prompts hold pages for their real
+    length, so shorter prompts leave more to the rows. When the call has more prompts than
     that and every page still fits, twice the prompt slots: the next prompts wait prefilled,
     so rows whose prompt has no sample left to start move on instead of idling. Fewer rows,
-    then fewer rows per prompt, when even half the pages do not fit; RolloutMemoryError when
-    one row does not."""
+    then fewer rows per prompt, when even that does not fit; RolloutMemoryError when one prompt
+    and one row do not."""
     r = max(1, min(n, rows_per_prompt, max_rows))
     p = max(1, min(num_prompts, max_rows // r))
     per_row = -(-max_new_tokens // page_size)
+    per_prompt = -(-prompt_len // page_size)
     page_bytes = page_size * kv_bytes_per_token(config, dtype)
     plan = lambda p, r, pages, rows=None: plan_slots(
         config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
@@ -121,15 +130,16 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
         fused_prefill=fused_prefill)
     affordable = lambda fixed: max(0, budget - fixed.total) // page_bytes
     extra = min(num_prompts, 2 * p)
-    if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + p * r * per_row:
-        return plan(extra, r, 1 + p * r * per_row, p * r)
+    full = lambda p, rows: p * per_prompt + rows * per_row
+    if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + full(extra, p * r):
+        return plan(extra, r, 1 + full(extra, p * r), p * r)
     while True:
-        full = p * r * per_row
+        rows = p * r * per_row
         # Rounded down to 1/16 of `full`, so that small changes of the free memory between
         # calls give the same page count (a new count compiles a new decoding program).
-        quantum = max(1, full // 16)
-        pages = 1 + min(full, (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
-        if pages - 1 >= min(full, max(per_row, full // 2)):
+        quantum = max(1, full(p, p * r) // 16)
+        pages = 1 + min(full(p, p * r), (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
+        if pages - 1 >= p * per_prompt + min(rows, max(per_row, rows // 2)):
             return plan(p, r, pages)
         if p > 1:
             p //= 2
@@ -137,7 +147,7 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
             r //= 2
         else:
             raise RolloutMemoryError(
-                f"rollout needs {plan(1, 1, 1 + per_row).describe()}, but only "
+                f"rollout needs {plan(1, 1, 1 + per_prompt + per_row).describe()}, but only "
                 f"{budget / GiB:.2f} GiB is free for the sampler. Lower max_completion_length "
                 "or the prompt length (max_seq_length), or raise sampler.memory_fraction")
 

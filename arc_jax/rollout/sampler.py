@@ -5,9 +5,10 @@ A call's (prompt, sample) requests run on a fixed set of B decode rows and P pro
 prompt has all its samples done takes the next prompt (one prefill), and a row whose sample
 finished takes the next sample of the oldest prompt with samples left to start, in any slot
 with a free lane (L lanes per slot), so rows do not wait for the slowest sample of their
-prompt. Rows hold their own keys and
-values in pages of a shared pool, given out by the host before each segment of decoding
-steps: enough for the segment, so memory follows the real lengths. When the pool runs short,
+prompt. Prompts and rows hold their keys and values in pages of one pool, given out by the
+host: a prompt's for its real length when it takes a slot (back when it is done), a row's
+before each segment of decoding steps, enough for the segment, so memory follows the real
+lengths. When the pool runs short,
 the rows with the least progress give their pages back and their samples start again later;
 since a sample's draws depend only on (seed, prompt index, sample index, own step), it comes
 out the same. The slot layout and the page count are chosen from the free device memory
@@ -86,14 +87,14 @@ class SamplerConfig:
     max_rows: most sequences decoded at once (the decode rows); memory may lower it.
     rows_per_prompt: rows per prompt (R): a call's rows are min(n, R) per prompt for as many
       prompts as max_rows allows, and a prompt slot serves up to 2R rows at once.
-    page_size: tokens per page of the completion cache.
+    page_size: tokens per page of the key/value cache (prompts' and completions').
     segment_steps: most decoding steps between two visits of the host (which hands finished
       rows new samples and pages).
     refill_rows: a segment also ends once this many rows have finished, while there are samples
       to give them (0: B // 8, at least 1); fewer leave finished rows idle for fewer steps,
       for more host visits.
-    attention: the rows' own-key attention: "pallas" (a kernel that reads only the pages
-      written; GPU), "xla" (gathers every page; any backend) or "auto" (pallas on a GPU).
+    attention: the decoding attention: "pallas" (kernels that read only the pages written;
+      GPU), "xla" (gathers every page; any backend) or "auto" (pallas on a GPU).
     buckets: the padded prompt lengths.
     memory_fraction: share of the free device memory the sampler may plan to use.
     memory_bytes: a fixed memory budget instead of asking the device (None = ask).
@@ -169,16 +170,16 @@ def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float, fresh: bool
     return jax.tree_util.tree_map_with_path(merged, base)
 
 
-def _prefill(graphdef, lora, base, cache, slot, tokens, length, *, adapters):
-    return prefill_slot(nnx.merge(graphdef, lora, base), cache, slot, tokens, length,
-                        adapters=adapters)
+def _prefill(graphdef, lora, base, cache, pool, slot, tokens, length, pages, *, adapters):
+    return prefill_slot(nnx.merge(graphdef, lora, base), cache, pool, slot, tokens, length,
+                        pages, adapters=adapters)
 
 
-def _segment(graphdef, lora, base, cache, pool, table, layout, rows, active, reset, keys,
-             exit_after, *, steps, sampling, attention, adapters):
-    return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, table, layout, rows,
-                          active, reset, keys, exit_after, steps=steps, sampling=sampling,
-                          attention=attention, adapters=adapters)
+def _segment(graphdef, lora, base, cache, pool, prompt_table, table, layout, rows, active, reset,
+             keys, exit_after, *, steps, sampling, attention, adapters):
+    return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, prompt_table, table,
+                          layout, rows, active, reset, keys, exit_after, steps=steps,
+                          sampling=sampling, attention=attention, adapters=adapters)
 
 
 class JaxSampler:
@@ -213,10 +214,10 @@ class JaxSampler:
                         if self._merge else None)
         self._seeds = np.random.default_rng(config.seed)
         self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames="adapters",
-                                donate_argnums=3)
+                                donate_argnums=(3, 4))
         self._segment = jax.jit(_segment, static_argnums=0,
                                 static_argnames=("steps", "sampling", "attention", "adapters"),
-                                donate_argnums=(4, 7))
+                                donate_argnums=(4, 8))
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ interface
@@ -331,17 +332,19 @@ class _Run:
         self.p, self.lanes = plan.prompts, plan.lanes
         self.b = plan.rows
         model = nnx.merge(*sampler._weights)
-        # The slots hold the call's longest prompt bucket from the start: they never grow (no
-        # second copy in memory, no recompiled segment), and each is read only up to its
-        # prompt's length. The first P prompts are prefilled at one length, their longest
-        # bucket (a call with no more prompts than slots, as in training, compiles one
-        # prefill); later ones, longer since prompts go shortest first, at their own bucket.
-        self.cache = SlotCache.empty(model, self.p, plan.prompt_len, penalised)
+        # A prompt holds pages for its real length, and its slot's row of the prompt table is
+        # as wide as the call's longest bucket, so one segment program serves the whole call.
+        # The first P prompts are prefilled at one length, their longest bucket (a call with no
+        # more prompts than slots, as in training, compiles one prefill); later ones, longer
+        # since prompts go shortest first, at their own bucket.
+        self.cache = SlotCache.empty(model, self.p, penalised)
         first = sorted(map(len, prompts))[:self.p]
         self.first_len = sampler.config.buckets(max(first))
         self.pool = PagePool.empty(model, plan.pages, plan.page_size)
         self.rows = Rows.empty(self.b, model_config.vocab_size, penalised)
         del model
+        self.prompt_table = np.zeros((self.p, plan.pages_per_prompt), np.int32)
+        self.slot_pages: list[list[int]] = [[] for _ in range(self.p)]
         self.table = np.zeros((self.b, plan.pages_per_row), np.int32)
         self.free = list(range(plan.pages - 1, 0, -1))  # a stack; page 0 is the trash page
         self.pending = collections.deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
@@ -365,19 +368,36 @@ class _Run:
         return bool(self.slot_retry[slot]) or self.slot_next[slot] < self.n
 
     def _fill_slots(self) -> None:
-        """Slots with nothing left of their prompt take the next prompts (one prefill each)."""
+        """Slots with nothing left of their prompt give its pages back and take the next
+        prompts (one prefill each) while pages are free beyond what the running rows need for
+        their next segment."""
         begin, prefills = time.perf_counter(), self.stats["prefills"]
+        ps = self.plan.page_size
+        spare = len(self.free) - self._running_need()
         for slot in range(self.p):
-            if not self.pending or self._to_start(slot) or any(
-                    b is not None for b in self.slot_lanes[slot]):
+            if self._to_start(slot) or any(b is not None for b in self.slot_lanes[slot]):
                 continue
+            self.free.extend(reversed(self.slot_pages[slot]))
+            spare += len(self.slot_pages[slot])
+            self.slot_pages[slot] = []
+            self.prompt_table[slot] = 0
+            if not self.pending:
+                continue
+            prompt = self.prompts[self.pending[0]]
+            if spare < -(-len(prompt) // ps):
+                continue  # after the rows give pages back
             index = self.pending.popleft()
-            prompt = self.prompts[index]
-            tokens = np.zeros((1, max(self.s.config.buckets(len(prompt)), self.first_len)),
-                              np.int32)
+            for j in range(-(-len(prompt) // ps)):
+                self.prompt_table[slot, j] = self.free.pop()
+                self.slot_pages[slot].append(int(self.prompt_table[slot, j]))
+            spare -= len(self.slot_pages[slot])
+            padded = max(self.s.config.buckets(len(prompt)), self.first_len)
+            tokens = np.zeros((1, -(-padded // ps) * ps), np.int32)
             tokens[0, :len(prompt)] = prompt
-            self.cache = self.s._prefill(*self.s._weights, self.cache, np.int32(slot), tokens,
-                                         np.int32(len(prompt)), adapters=not self.s._merge)
+            self.cache, self.pool = self.s._prefill(
+                *self.s._weights, self.cache, self.pool, np.int32(slot), tokens,
+                np.int32(len(prompt)), self.prompt_table[slot, :tokens.shape[1] // ps],
+                adapters=not self.s._merge)
             self.slot_prompt[slot], self.slot_next[slot] = index, 0
             self.stats["prefills"] += 1
             self.slot_order[slot] = self.stats["prefills"]
@@ -404,14 +424,20 @@ class _Run:
         self.row_sample[row] = None
         self.row_chunks[row] = []
 
+    def _need(self, rows) -> int:
+        """Pages the rows still need for their next segment."""
+        return sum(max(0, self._pages_for(self.row_pos[b]) - len(self.row_pages[b]))
+                   for b in rows)
+
+    def _running_need(self) -> int:
+        return self._need(b for b in range(self.b) if self.row_sample[b] is not None)
+
     def _grow_running(self) -> None:
         """Pages for the running rows' next segment; the rows with the least progress give
         theirs back (their samples start again later) while the pool is short."""
         running = sorted((b for b in range(self.b) if self.row_sample[b] is not None),
                          key=lambda b: (self.row_pos[b], -b), reverse=True)
-        need = lambda rows: sum(max(0, self._pages_for(self.row_pos[b]) - len(self.row_pages[b]))
-                                for b in rows)
-        while running and need(running) > len(self.free):
+        while running and self._need(running) > len(self.free):
             victim = running.pop()
             prompt, sample = self.row_sample[victim]
             self.slot_retry[self.row_slot[victim]].insert(0, sample)
@@ -482,9 +508,9 @@ class _Run:
             if idle_since is not None:  # the device waited for the host this long
                 self.stats["host_s"] += dispatched - idle_since
             self.pool, self.rows, segment = s._segment(
-                *s._weights, self.cache, self.pool, self.table, layout, self.rows, active,
-                reset, keys, exit_after, steps=s.config.segment_steps, sampling=self.sampling,
-                attention=s.attention, adapters=not s._merge)
+                *s._weights, self.cache, self.pool, self.prompt_table, self.table, layout,
+                self.rows, active, reset, keys, exit_after, steps=s.config.segment_steps,
+                sampling=self.sampling, attention=s.attention, adapters=not s._merge)
             segment, live = distributed.to_host((segment, self.rows.live))
             idle_since = time.perf_counter()
             self.stats["decode_s"] += idle_since - dispatched

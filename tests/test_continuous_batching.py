@@ -295,6 +295,30 @@ def test_the_pallas_kernel_equals_the_xla_paged_attention(seed):
     np.testing.assert_allclose(np.asarray(ours[1])[finite], np.asarray(ref[1])[finite], atol=2e-5)
 
 
+@pytest.mark.parametrize("kernel", ["prefix_attention", "paged_attention"])
+def test_the_pallas_kernels_lower_to_triton_for_a_gpu(kernel):
+    # The CPU runs the kernels in Pallas' interpreter, which takes shapes that Triton refuses
+    # (for example a block that is not a power of two). Lowering them for a GPU, as jax.export
+    # does on any machine, runs Pallas' Triton lowering: the 8B head shapes, a pool and tables
+    # whose sizes are not powers of two, the pool aliased in and out.
+    from jax import export
+
+    from arc_jax.rollout import pallas_attention
+
+    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    pool = bf16(101, 32, 8, 128)  # M pages of 32 tokens, 8 key/value heads of 128
+    if kernel == "prefix_attention":  # 3 slots of 5 lanes, tables of 9 pages
+        args = (bf16(3, 5, 32, 128), pool, pool, int32(3, 9), int32(3))
+    else:  # 6 rows, tables of 3 pages
+        args = (bf16(6, 32, 128), pool, pool, int32(6, 3), int32(6))
+    fn = jax.jit(lambda *a: getattr(pallas_attention, kernel)(*a, interpret=False))
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    module = export.export(fn, platforms=["cuda"], disabled_checks=[triton])(*args).mlir_module()
+    assert module.count("__gpu$xla.gpu.triton") == 1
+    assert module.count("#stablehlo.output_operand_alias<") == 2  # the key and value pools
+
+
 @pytest.mark.parametrize("prompt_len, rows_per_prompt", [(200, 3), (64, 5)])
 def test_the_pallas_prefix_kernel_equals_the_dense_attention(prompt_len, rows_per_prompt):
     # Prompts of 1 token, of a partial last page and of the whole padded length, in shuffled

@@ -9,13 +9,13 @@ programs (up to 16 with distinct outputs kept per task). No plain baseline: that
 `configs/eval_barc_8b.py` with `--config.eval.n_predictions=512 --config.eval.rounds=4`,
 whose rounds have the same prompts, augmentations and seeds.
 
-Budget for 400 tasks on one H100 (`benchmarks/RESULTS.md`, version 9):
+Budget for 400 tasks on one H100 (`benchmarks/RESULTS.md`, versions 9 and 11):
 - sampling: 204,800 programs, at 5.4k output tokens/s and a mean of about 480 tokens per
   program, about 5 hours (7.4 at a mean of 700);
-- the three learning phases: 150 updates of 16 relabelled pairs (about 16 x 4,224 tokens),
-  about 6-8 s each, so 15-20 minutes;
+- the three learning phases: 150 updates of 16 relabelled pairs (16 x 4,224 tokens), 6.40 s
+  each (measured), so 16 minutes;
 - running the programs: minutes.
-So it fits in 12 hours. An 8B smoke run (4 tasks, 2 rounds) completed in 261 s. The full run
+So it fits in 12 hours. An 8B smoke run (2 tasks, 2 rounds) completed in 279 s. The full run
 has not been measured end to end.
 """
 

@@ -387,10 +387,10 @@ class _Run:
             if spare < -(-len(prompt) // ps):
                 continue  # after the rows give pages back
             index = self.pending.popleft()
-            for j in range(-(-len(prompt) // ps)):
-                self.prompt_table[slot, j] = self.free.pop()
-                self.slot_pages[slot].append(int(self.prompt_table[slot, j]))
-            spare -= len(self.slot_pages[slot])
+            pages = [self.free.pop() for _ in range(-(-len(prompt) // ps))]
+            self.prompt_table[slot, :len(pages)] = pages
+            self.slot_pages[slot] = pages
+            spare -= len(pages)
             padded = max(self.s.config.buckets(len(prompt)), self.first_len)
             tokens = np.zeros((1, -(-padded // ps) * ps), np.int32)
             tokens[0, :len(prompt)] = prompt

@@ -12,8 +12,9 @@ next waiting sample of any prompt. Keys and values live in pages of one pool (`P
 and the rows in its lanes attend to them as one matrix; a row's own in the pages of its row of
 the page table [B, n]. So a prompt holds memory for its real length, a row for the tokens it
 has, not for max_new_tokens, and attention reads only the pages written. Page 0 is never
-given out: rows with nothing to do, and the padding of a prompt's last bucket, write there. Attention of a decoding query = the softmax over [prompt keys ; own keys],
-computed as two parts merged by their log-sum-exp (`arc_jax.rollout.attention`).
+given out: rows with nothing to do, and the padding of a prompt's last bucket, write there.
+Attention of a decoding query = the softmax over [prompt keys ; own keys], computed as two
+parts merged by their log-sum-exp (`arc_jax.rollout.attention`).
 
 The host (`arc_jax.rollout.sampler`) assigns samples to rows and pages to rows between
 segments; a segment (`decode_segment`) runs up to k steps on the device and stops early when
@@ -165,7 +166,7 @@ def prefill_slot(model: Llama, cache: SlotCache, pool: PagePool, slot: jax.Array
     h, kv = model.hidden_states(tokens, attention_mask=valid, cache=empty, adapters=adapters)
     logits = model.logits(jax.lax.dynamic_index_in_dim(h[0], length - 1, keepdims=False))
     put = lambda whole, part: jax.lax.dynamic_update_index_in_dim(whole, part, slot, 0)
-    write = lambda pool, part: pool.at[pages].set(                                # part [1, s, K, H]
+    write = lambda pool, part: pool.at[pages].set(                       # part [1, s, K, H]
         part.reshape(s // ps, ps, *part.shape[2:]).astype(pool.dtype))
     seen = cache.seen
     if seen.shape[1]:
@@ -234,8 +235,8 @@ def start_rows(rows: Rows, cache: SlotCache, layout: Layout, active: jax.Array,
 
 
 def decode_segment(model: Llama, cache: SlotCache, pool: PagePool, prompt_table: jax.Array,
-                   table: jax.Array, layout: Layout, rows: Rows, active: jax.Array, reset: jax.Array,
-                   keys: jax.Array, exit_after: jax.Array, *, steps: int,
+                   table: jax.Array, layout: Layout, rows: Rows, active: jax.Array,
+                   reset: jax.Array, keys: jax.Array, exit_after: jax.Array, *, steps: int,
                    sampling: SamplingParams, attention: str, adapters: bool = True
                    ) -> tuple[PagePool, Rows, Segment]:
     """Up to `steps` decoding steps of the B rows.

@@ -134,12 +134,12 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
     if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + full(extra, p * r):
         return plan(extra, r, 1 + full(extra, p * r), p * r)
     while True:
-        rows = p * r * per_row
-        # Rounded down to 1/16 of `full`, so that small changes of the free memory between
+        row_pages, whole = p * r * per_row, full(p, p * r)
+        # Rounded down to 1/16 of `whole`, so that small changes of the free memory between
         # calls give the same page count (a new count compiles a new decoding program).
-        quantum = max(1, full(p, p * r) // 16)
-        pages = 1 + min(full(p, p * r), (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
-        if pages - 1 >= p * per_prompt + min(rows, max(per_row, rows // 2)):
+        quantum = max(1, whole // 16)
+        pages = 1 + min(whole, (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
+        if pages - 1 >= p * per_prompt + min(row_pages, max(per_row, row_pages // 2)):
             return plan(p, r, pages)
         if p > 1:
             p //= 2

@@ -175,8 +175,8 @@ def _prefill(graphdef, lora, base, cache, pool, slot, tokens, length, pages, *, 
                         pages, adapters=adapters)
 
 
-def _segment(graphdef, lora, base, cache, pool, prompt_table, table, layout, rows, active, reset,
-             keys, exit_after, *, steps, sampling, attention, adapters):
+def _segment(graphdef, lora, base, cache, pool, prompt_table, table, layout, rows, active,
+             reset, keys, exit_after, *, steps, sampling, attention, adapters):
     return decode_segment(nnx.merge(graphdef, lora, base), cache, pool, prompt_table, table,
                           layout, rows, active, reset, keys, exit_after, steps=steps,
                           sampling=sampling, attention=attention, adapters=adapters)

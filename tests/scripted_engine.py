@@ -75,7 +75,7 @@ class ScriptedEngine:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 
-    def update_weights(self, lora_state, version=None):
+    def update_weights(self, lora_state, version=None, final=False):
         self.versions.append(version)
         if self.kill_at == f"update:{version}":
             os.kill(os.getpid(), signal.SIGKILL)

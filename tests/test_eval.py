@@ -209,6 +209,51 @@ def test_eval_loads_the_adapters_of_a_training_checkpoint_without_building_an_up
             np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_eval_of_an_adapter_folds_it_into_the_samplers_only_copy_of_the_weights(
+        tiny_policy, tmp_path, monkeypatch):
+    # The adapter is the last policy evaluated: eval drops its model and the in-process
+    # sampler folds the adapter into the base kernels, so its weights do not grow by a merged
+    # copy of the adapted kernels (the memory goes to key/value pages).
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from arc_jax.model import LoraParam
+    from arc_jax.model.checkpoint import save_peft_adapter
+    from arc_jax.rollout import JaxSampler
+    from test_rollout import weight_bytes
+
+    config = eval_config(tiny_policy)
+    trained = session.load_policy(config, tiny_policy, session.make_mesh(config))
+    rng = np.random.default_rng(5)
+    nnx.update(trained, jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype),
+                                     nnx.state(trained, LoraParam)))
+    save_peft_adapter(trained, tmp_path / "adapter", base_model_name_or_path=tiny_policy)
+    adapted = {jax.tree_util.keystr(path).replace("['lora_a']", "['kernel']")
+               for path, _ in jax.tree_util.tree_flatten_with_path(
+                   nnx.state(trained, LoraParam))[0] if "lora_a" in jax.tree_util.keystr(path)}
+    kernel_bytes = sum(x.nbytes for path, x in jax.tree_util.tree_flatten_with_path(
+        nnx.state(trained, nnx.Param))[0] if jax.tree_util.keystr(path) in adapted)
+    del trained
+    calls = []
+    update = JaxSampler.update_weights
+
+    def measured(self, lora_state, version=None, final=False):
+        before = weight_bytes()
+        update(self, lora_state, version, final)
+        calls.append((final, weight_bytes() - before))
+
+    monkeypatch.setattr(JaxSampler, "update_weights", measured)
+    config.checkpoint = str(tmp_path / "adapter")
+    config.eval.baseline = False
+    config.max_tasks, config.eval.n_predictions, config.eval.rounds = 1, 2, 1
+    config.eval.output_dir = str(tmp_path / "out")
+    config.eval.num_pictures = 0
+    assert list(evaluation.run(config)) == ["adapter"]
+    [(final, grown)] = calls
+    assert final and grown < kernel_bytes / 2, (grown, kernel_bytes)
+
+
 def test_training_before_and_after_table_is_the_evaluators_solve_rate(tmp_path):
     # Training's before/after table goes through eval's sample-and-score path. The scripted
     # engine answers with programs from a fixed list; the expected rates come from running

@@ -249,6 +249,59 @@ def test_merged_weights_sample_what_the_adapters_compute(checkpoint):
         np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-4)
 
 
+def weight_bytes() -> int:
+    """Bytes of the distinct device buffers alive (arrays that alias one buffer count once)."""
+    buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays() if not x.is_deleted()}
+    return sum(buffers.values())
+
+
+def test_final_update_folds_the_adapters_in_and_frees_the_unmerged_kernels(checkpoint):
+    # Evaluation's last policy: with final=True and the model dropped, the sampler folds the
+    # adapters into its only copy of the weights, so the memory of the merged copy that a
+    # training update keeps beside the base kernels is never added; the samples are those of
+    # that merged copy.
+    path, _ = checkpoint
+    lora = LoraConfig(rank=4, alpha=8.0)
+    kernel_bytes = 4 * 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)  # the adapted kernels
+    trained = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(4), x.shape),
+                           nnx.state(load(path, lora=lora), LoraParam))
+    results = {}
+    for final in (False, True):
+        model = load(path, lora=lora)
+        sampler = JaxSampler(model)
+        del model
+        before = weight_bytes()
+        sampler.update_weights(trained, final=final)
+        grown = weight_bytes() - before
+        assert sampler.deferred_bytes == 0
+        if final:
+            assert grown < kernel_bytes / 4  # at most the adapters' own placed copy
+        else:
+            assert grown >= kernel_bytes  # the merged copy beside the base kernels
+        results[final] = sampler.generate(PROMPTS, 2, SamplingParams(
+            temperature=1.0, max_new_tokens=12, stop_token_ids=(), seed=3))
+        if final:
+            with pytest.raises(ValueError, match="final=True"):
+                sampler.update_weights(trained)
+        del sampler
+    for copied, folded in zip(results[False], results[True]):
+        for a, b in zip(copied, folded):
+            assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
+
+
+def test_final_update_with_the_model_still_held_keeps_its_weights(checkpoint):
+    # A caller that keeps its model keeps its unmerged kernels: folding must not touch them.
+    path, _ = checkpoint
+    lora = LoraConfig(rank=4, alpha=8.0)
+    model = load(path, lora=lora)
+    kernels = [np.array(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    sampler = JaxSampler(model)
+    sampler.update_weights(jax.tree.map(lambda x: x + 0.2, nnx.state(model, LoraParam)),
+                           final=True)
+    for before, after in zip(kernels, jax.tree.leaves(nnx.state(model, nnx.Param))):
+        np.testing.assert_array_equal(before, after)
+
+
 def test_slot_plan_by_hand(sampler):
     # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes = 512 bytes per token.
     plan = choose_slots(sampler.model_config, np.float32, 2 ** 30, num_prompts=5, n=3,

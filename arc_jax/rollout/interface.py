@@ -117,9 +117,12 @@ class RolloutEngine(Protocol):
         """For each prompt (token ids, one BOS), n completions, in prompt order."""
         ...
 
-    def update_weights(self, lora_state: Any, version: int | None = None) -> None:
+    def update_weights(self, lora_state: Any, version: int | None = None,
+                       final: bool = False) -> None:
         """Use new LoRA adapter weights from now on (same shapes, so nothing recompiles).
-        `version`: the training step they come from (names the copy an external engine keeps)."""
+        `version`: the training step they come from (names the copy an external engine keeps).
+        `final`: no update follows (evaluation), so an engine may fold the adapters into its
+        weights for good and spend the memory elsewhere."""
         ...
 
     def close(self) -> None:

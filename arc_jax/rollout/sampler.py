@@ -149,12 +149,10 @@ def fresh_adapters(lora: nnx.State) -> bool:
                    if "lora_b" in jax.tree_util.keystr(path))
 
 
-def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float, fresh: bool) -> nnx.State:
-    """A copy of `base` in which each adapted kernel is W + s * A B (in the kernel's dtype and
-    placement); the other arrays are shared, not copied, and `base` is left as it was. Run
-    the result with adapters=False. With `fresh` adapters (`fresh_adapters`: every B is zero,
-    the base model, as evaluated first) that is `base` itself, and no memory is spent on a
-    copy."""
+def _merger(lora: nnx.State, scaling: float, fresh: bool):
+    """merged(path, array) for the leaves of the base weights: W + s * A B (in the kernel's
+    dtype and placement) for an adapted kernel, the array itself otherwise. With `fresh`
+    adapters, the kernel itself, placed as a merged one would be (no recompilation)."""
     key = jax.tree_util.keystr
     adapters = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lora)[0]}
 
@@ -163,11 +161,20 @@ def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float, fresh: bool
                 for name in ("lora_a", "lora_b"))
         if a is None or not key(path).endswith("['kernel'].value"):
             return kernel
-        if fresh:  # the kernel itself, placed as a merged one would be (no recompilation)
+        if fresh:
             return jax.device_put(kernel, kernel.sharding)
         return jax.device_put(_merged_kernel(kernel, a, b, scaling), kernel.sharding)
 
-    return jax.tree_util.tree_map_with_path(merged, base)
+    return merged
+
+
+def merge_adapters(lora: nnx.State, base: nnx.State, scaling: float, fresh: bool) -> nnx.State:
+    """A copy of `base` in which each adapted kernel is W + s * A B (in the kernel's dtype and
+    placement); the other arrays are shared, not copied, and `base` is left as it was. Run
+    the result with adapters=False. With `fresh` adapters (`fresh_adapters`: every B is zero,
+    the base model, as evaluated first) that is `base` itself, and no memory is spent on a
+    copy."""
+    return jax.tree_util.tree_map_with_path(_merger(lora, scaling, fresh), base)
 
 
 def _prefill(graphdef, lora, base, cache, pool, slot, tokens, length, pages, *, adapters):
@@ -210,6 +217,7 @@ class JaxSampler:
         self._merge = config.merge_lora and model.lora is not None
         self._scaling = model.lora.scaling if self._merge else 0.0
         self._shares_base = self._merge and fresh_adapters(self._lora)
+        self._final = False  # the adapters were folded in for good (update_weights)
         self._merged = (merge_adapters(self._lora, self._base, self._scaling, self._shares_base)
                         if self._merge else None)
         self._seeds = np.random.default_rng(config.seed)
@@ -244,9 +252,20 @@ class JaxSampler:
     def close(self) -> None:
         """Nothing to release: the sampler lives in this process."""
 
-    def update_weights(self, lora_state: nnx.State, version: int | None = None) -> None:
+    def update_weights(self, lora_state: nnx.State, version: int | None = None,
+                       final: bool = False) -> None:
         """Replaces the LoRA weights (`nnx.state(trained_model, LoraParam)`), placed like the
-        current ones so the compiled programs are reused."""
+        current ones so the compiled programs are reused.
+
+        final: no update follows (evaluation). The adapters are then folded into the base
+        kernels for good, one kernel at a time, instead of into a copy beside them: each
+        unmerged kernel is freed before the next is merged, provided nothing else holds it
+        (the caller drops its model first), so the sampler keeps one set of weights and the
+        memory of the copy goes to the key/value pages. A later update is refused.
+        """
+        if self._final:
+            raise ValueError("update_weights: the adapters were folded into the sampler's "
+                             "weights for good (final=True); no update can follow")
         old_leaves, old_tree = jax.tree_util.tree_flatten_with_path(self._lora)
         new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(lora_state)
         if old_tree != new_tree:
@@ -260,7 +279,19 @@ class JaxSampler:
                                  f"{old.dtype}{list(old.shape)}")
             placed.append(jax.device_put(new, old.sharding))
         self._lora = jax.tree_util.tree_unflatten(old_tree, placed)
-        if self._merge:
+        self._final = final
+        if self._merge and final and not fresh_adapters(self._lora):
+            leaves, tree = jax.tree_util.tree_flatten_with_path(self._base)
+            paths, arrays = [path for path, _ in leaves], [x for _, x in leaves]
+            # `arrays` now holds the sampler's only references to its weights
+            del leaves
+            self._base = self._merged = None
+            merged = _merger(self._lora, self._scaling, fresh=False)
+            for i, path in enumerate(paths):
+                arrays[i] = merged(path, arrays[i])
+            self._base = self._merged = jax.tree_util.tree_unflatten(tree, arrays)
+            self._shares_base = False
+        elif self._merge:
             self._merged = None  # free the old copy before making the new one
             self._shares_base = fresh_adapters(self._lora)
             self._merged = merge_adapters(self._lora, self._base, self._scaling,
@@ -271,7 +302,7 @@ class JaxSampler:
         """Device memory the sampler does not hold now but will at the next `update_weights`
         with trained adapters: the merged copy of the adapted kernels, skipped while it decodes
         fresh adapters on the base kernels. A memory check made now must leave it free."""
-        if not self._shares_base:
+        if not self._shares_base or self._final:
             return 0
         adapted = {jax.tree_util.keystr(path).replace("['lora_a']", "['kernel']")
                    for path, _ in jax.tree_util.tree_flatten_with_path(self._lora)[0]

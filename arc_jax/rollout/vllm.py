@@ -347,9 +347,11 @@ class VLLMEngine:
             raise VLLMError("no adapter has been loaded into the vLLM server yet")
         return self._adapter[0]
 
-    def update_weights(self, lora_state: Any, version: int | None = None) -> None:
+    def update_weights(self, lora_state: Any, version: int | None = None,
+                       final: bool = False) -> None:
         """Exports the adapters to adapters/step_<version> and serves them under a new name;
-        the previous name is unloaded and its files deleted."""
+        the previous name is unloaded and its files deleted. (`final` changes nothing here:
+        the server keeps its base weights and applies the adapter.)"""
         begin = time.perf_counter()
         nnx.update(self.model, lora_state)
         self._syncs += 1

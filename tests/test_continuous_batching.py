@@ -115,7 +115,7 @@ def test_a_sample_survives_giving_its_pages_back(model):
     # and restart.
     probe = JaxSampler(model, config=SamplerConfig(buckets=_buckets(), page_size=4,
                                                    segment_steps=6, max_rows=20))
-    plan = probe.plan(len(PROMPTS), 5, max(map(len, PROMPTS)), 24)
+    plan = probe.plan([len(p) for p in PROMPTS], 5, 24)
     page_bytes = plan.page_pool // plan.pages
     prompt_pages = plan.prompts * plan.pages_per_prompt
     short = plan.total - plan.page_pool + (prompt_pages + plan.pages_per_row * 12 + 1) * page_bytes

@@ -82,17 +82,18 @@ def test_greedy_matches_transformers_generate(checkpoint, sampler):
 
 
 def test_greedy_matches_transformers_with_prompts_of_other_buckets_in_one_slot_set(checkpoint):
-    # Two slots (memory for exactly that layout) for five prompts, their page tables as wide
-    # as the bucket of the longest (101 tokens: 128) from the start, although it comes last
-    # (shortest first): the 5- and 7-token prompts are prefilled at 8, the 41- and 45-token
-    # ones at their own bucket (64), into pages that held other prompts' keys. One decoding
-    # program for the call.
+    # Two slots (memory for exactly that layout: pages of 4 tokens for the two longest prompts,
+    # 101 and 45 tokens, and for two rows of 20) for five prompts, their page tables as wide
+    # as the bucket of the longest (128) from the start, although it comes last (shortest
+    # first): the 5- and 7-token prompts are prefilled at 8, the 41- and 45-token ones at their
+    # own bucket (64), into pages that held other prompts' keys. One decoding program for the
+    # call.
     _, hf_model = checkpoint
     rng = np.random.default_rng(3)
     prompts = [[1] + rng.integers(2, VOCAB, size).tolist() for size in (40, 4, 44, 6, 100)]
     model = load(checkpoint[0])
     exact = plan_slots(model.config, np.float32, prompts=2, rows_per_prompt=1, prompt_len=128,
-                       max_new_tokens=20, page_size=4, pages=1 + 2 * 32 + 2 * 5).total
+                       max_new_tokens=20, page_size=4, pages=1 + 26 + 12 + 2 * 5).total
     sampler = JaxSampler(model, config=SamplerConfig(
         buckets=PromptBuckets(minimum=8, bits=1), max_rows=2, rows_per_prompt=1, page_size=4,
         segment_steps=5, memory_bytes=exact))
@@ -325,6 +326,22 @@ def test_slot_plan_by_hand(sampler):
                          page_size=8)
     assert (fewer.prompts, fewer.rows, fewer.pages) == (2, 6, 1 + 2 * 8 + 6 * 3)
     assert fewer.prompt_cache == 2 * (VOCAB * 5 + 8 * 4)
+
+
+def test_slot_plan_counts_the_real_pages_of_the_longest_prompts(sampler):
+    # Prompts of 10, 64, 30, 5 and 17 tokens take 2, 8, 4, 1 and 3 pages of 8 tokens. Four
+    # slots never hold more than the four longest: 8 + 4 + 3 + 2 = 17 pages, where four
+    # prompts at the longest bucket would count 4 x 8 = 32.
+    args = dict(num_prompts=5, n=3, prompt_len=64, max_new_tokens=20, max_rows=8,
+                rows_per_prompt=16, page_size=8)
+    plan = choose_slots(sampler.model_config, np.float32, 2 ** 30,
+                        prompt_lengths=[10, 64, 30, 5, 17], **args)
+    assert (plan.prompts, plan.rows) == (4, 6)
+    assert plan.pages == 1 + 17 + 6 * 3
+    assert plan.pages_per_prompt == 8  # the prompt table stays as wide as the longest bucket
+    # The same memory counted at the bucket holds only two slots' prompts beside the rows.
+    bucketed = choose_slots(sampler.model_config, np.float32, plan.total, **args)
+    assert (bucketed.prompts, bucketed.rows, bucketed.pages) == (2, 6, 1 + 2 * 8 + 6 * 3)
 
 
 def test_short_memory_gives_fewer_pages_then_fewer_rows(sampler):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -108,21 +109,26 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
 
 def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,
                  prompt_len: int, max_new_tokens: int, max_rows: int, rows_per_prompt: int,
-                 page_size: int, fused_prefill: bool = False) -> SlotPlan:
+                 page_size: int, fused_prefill: bool = False,
+                 prompt_lengths: Sequence[int] = ()) -> SlotPlan:
     """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt,
-    B = R x as many prompts as the call has and `max_rows` allows, and pages for every slot's
-    prompt to be of the longest bucket and every row to reach max_new_tokens, or, when memory
-    is short, for the prompts and for the rows to average at least half of max_new_tokens
-    (longer rows then wait for pages; see the sampler). Prompts hold pages for their real
-    length, so shorter prompts leave more to the rows. When the call has more prompts than
-    that and every page still fits, twice the prompt slots: the next prompts wait prefilled,
-    so rows whose prompt has no sample left to start move on instead of idling. Fewer rows,
-    then fewer rows per prompt, when even that does not fit; RolloutMemoryError when one prompt
-    and one row do not."""
+    B = R x as many prompts as the call has and `max_rows` allows, and pages for the prompts
+    in the slots and for every row to reach max_new_tokens, or, when memory is short, for the
+    prompts and for the rows to average at least half of max_new_tokens (longer rows then wait
+    for pages; see the sampler). A prompt holds pages for its real length, so P slots never
+    hold more than the P longest of `prompt_lengths` (the call's real prompt lengths; without
+    them, every slot's prompt counts at prompt_len, the longest bucket). When the call has
+    more prompts than that and every page still fits, twice the prompt slots: the next prompts
+    wait prefilled, so rows whose prompt has no sample left to start move on instead of
+    idling. Fewer rows, then fewer rows per prompt, when even that does not fit;
+    RolloutMemoryError when one prompt and one row do not."""
     r = max(1, min(n, rows_per_prompt, max_rows))
     p = max(1, min(num_prompts, max_rows // r))
     per_row = -(-max_new_tokens // page_size)
     per_prompt = -(-prompt_len // page_size)
+    longest = sorted((-(-length // page_size) for length in prompt_lengths), reverse=True)
+    # pages the prompts of p slots can hold at once
+    prompt_pages = lambda p: sum(longest[:p]) if longest else p * per_prompt
     page_bytes = page_size * kv_bytes_per_token(config, dtype)
     plan = lambda p, r, pages, rows=None: plan_slots(
         config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
@@ -130,7 +136,7 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
         fused_prefill=fused_prefill)
     affordable = lambda fixed: max(0, budget - fixed.total) // page_bytes
     extra = min(num_prompts, 2 * p)
-    full = lambda p, rows: p * per_prompt + rows * per_row
+    full = lambda p, rows: prompt_pages(p) + rows * per_row
     if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + full(extra, p * r):
         return plan(extra, r, 1 + full(extra, p * r), p * r)
     while True:
@@ -139,7 +145,7 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
         # calls give the same page count (a new count compiles a new decoding program).
         quantum = max(1, whole // 16)
         pages = 1 + min(whole, (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
-        if pages - 1 >= p * per_prompt + min(row_pages, max(per_row, row_pages // 2)):
+        if pages - 1 >= prompt_pages(p) + min(row_pages, max(per_row, row_pages // 2)):
             return plan(p, r, pages)
         if p > 1:
             p //= 2
@@ -147,7 +153,7 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
             r //= 2
         else:
             raise RolloutMemoryError(
-                f"rollout needs {plan(1, 1, 1 + per_prompt + per_row).describe()}, but only "
+                f"rollout needs {plan(1, 1, 1 + prompt_pages(1) + per_row).describe()}, but only "
                 f"{budget / GiB:.2f} GiB is free for the sampler. Lower max_completion_length "
                 "or the prompt length (max_seq_length), or raise sampler.memory_fraction")
 

@@ -240,7 +240,7 @@ class JaxSampler:
             return []
         seed = sampling.seed if sampling.seed is not None else int(self._seeds.integers(2 ** 31))
         static_sampling = dataclasses.replace(sampling, seed=None)
-        plan = self.plan(len(prompts), n, max(map(len, prompts)), sampling.max_new_tokens)
+        plan = self.plan([len(p) for p in prompts], n, sampling.max_new_tokens)
         return _Run(self, plan, prompts, n, seed, static_sampling).results()
 
     def __enter__(self) -> "JaxSampler":
@@ -312,15 +312,16 @@ class JaxSampler:
 
     # ------------------------------------------------------------------ planning
 
-    def plan(self, num_prompts: int, n: int, longest_prompt: int, max_new_tokens: int
-             ) -> SlotPlan:
-        """The slot layout and page count of a call (`arc_jax.rollout.memory.choose_slots`)."""
+    def plan(self, prompt_lengths: Sequence[int], n: int, max_new_tokens: int) -> SlotPlan:
+        """The slot layout and page count of a call with prompts of these lengths
+        (`arc_jax.rollout.memory.choose_slots`)."""
         c = self.config
         return choose_slots(self.model_config, self.dtype, self._budget(),
-                            num_prompts=num_prompts, n=n,
-                            prompt_len=c.buckets(longest_prompt), max_new_tokens=max_new_tokens,
-                            max_rows=c.max_rows, rows_per_prompt=c.rows_per_prompt,
-                            page_size=c.page_size, fused_prefill=self.fused_prefill)
+                            num_prompts=len(prompt_lengths), n=n,
+                            prompt_len=c.buckets(max(prompt_lengths)),
+                            max_new_tokens=max_new_tokens, max_rows=c.max_rows,
+                            rows_per_prompt=c.rows_per_prompt, page_size=c.page_size,
+                            fused_prefill=self.fused_prefill, prompt_lengths=prompt_lengths)
 
     def _budget(self) -> int:
         if self.config.memory_bytes is not None:

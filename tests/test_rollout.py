@@ -331,17 +331,26 @@ def test_slot_plan_by_hand(sampler):
 def test_slot_plan_counts_the_real_pages_of_the_longest_prompts(sampler):
     # Prompts of 10, 64, 30, 5 and 17 tokens take 2, 8, 4, 1 and 3 pages of 8 tokens. Four
     # slots never hold more than the four longest: 8 + 4 + 3 + 2 = 17 pages, where four
-    # prompts at the longest bucket would count 4 x 8 = 32.
+    # prompts at the longest bucket would count 4 x 8 = 32; 6 rows of 20 tokens take 18.
     args = dict(num_prompts=5, n=3, prompt_len=64, max_new_tokens=20, max_rows=8,
                 rows_per_prompt=16, page_size=8)
-    plan = choose_slots(sampler.model_config, np.float32, 2 ** 30,
-                        prompt_lengths=[10, 64, 30, 5, 17], **args)
-    assert (plan.prompts, plan.rows) == (4, 6)
-    assert plan.pages == 1 + 17 + 6 * 3
+    lengths = [10, 64, 30, 5, 17]
+    # Memory for 39 pages (and the trash page): 4 slots with the real lengths (35 needed; the
+    # count is rounded down to a multiple of 1/16 of the 50 pages at the bucket, 3 here).
+    budget = plan_slots(sampler.model_config, np.float32, prompts=4, rows_per_prompt=3,
+                        prompt_len=64, max_new_tokens=20, page_size=8, pages=40, rows=6).total
+    plan = choose_slots(sampler.model_config, np.float32, budget, prompt_lengths=lengths, **args)
+    assert (plan.prompts, plan.rows, plan.pages) == (4, 6, 40)
     assert plan.pages_per_prompt == 8  # the prompt table stays as wide as the longest bucket
-    # The same memory counted at the bucket holds only two slots' prompts beside the rows.
-    bucketed = choose_slots(sampler.model_config, np.float32, plan.total, **args)
+    # Counted at the bucket, the same memory holds two slots' prompts beside the rows.
+    bucketed = choose_slots(sampler.model_config, np.float32, budget, **args)
     assert (bucketed.prompts, bucketed.rows, bucketed.pages) == (2, 6, 1 + 2 * 8 + 6 * 3)
+    # With room for everything, the page count is that of the bucket whatever the lengths, so
+    # calls of one bucket share a decoding program.
+    for lengths in ([10, 64, 30, 5, 17], [64, 64, 64, 64, 64], [1, 2, 3, 4, 64]):
+        roomy = choose_slots(sampler.model_config, np.float32, 2 ** 30, prompt_lengths=lengths,
+                             **args)
+        assert (roomy.prompts, roomy.rows, roomy.pages) == (4, 6, 1 + 4 * 8 + 6 * 3)
 
 
 def test_short_memory_gives_fewer_pages_then_fewer_rows(sampler):

@@ -117,10 +117,12 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
     prompts and for the rows to average at least half of max_new_tokens (longer rows then wait
     for pages; see the sampler). A prompt holds pages for its real length, so P slots never
     hold more than the P longest of `prompt_lengths` (the call's real prompt lengths; without
-    them, every slot's prompt counts at prompt_len, the longest bucket). When the call has
-    more prompts than that and every page still fits, twice the prompt slots: the next prompts
-    wait prefilled, so rows whose prompt has no sample left to start move on instead of
-    idling. Fewer rows, then fewer rows per prompt, when even that does not fit;
+    them, every slot's prompt counts at prompt_len, the longest bucket). The page count itself
+    depends on the bucket and the budget only (every slot's prompt at the bucket when that
+    fits), so calls whose prompts differ but share a bucket share one decoding program. When
+    the call has more prompts than that and the pages still fit, twice the prompt slots: the
+    next prompts wait prefilled, so rows whose prompt has no sample left to start move on
+    instead of idling. Fewer rows, then fewer rows per prompt, when even that does not fit;
     RolloutMemoryError when one prompt and one row do not."""
     r = max(1, min(n, rows_per_prompt, max_rows))
     p = max(1, min(num_prompts, max_rows // r))
@@ -134,17 +136,24 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
         config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
         max_new_tokens=max_new_tokens, page_size=page_size, pages=pages, rows=rows,
         fused_prefill=fused_prefill)
-    affordable = lambda fixed: max(0, budget - fixed.total) // page_bytes
-    extra = min(num_prompts, 2 * p)
-    full = lambda p, rows: prompt_pages(p) + rows * per_row
-    if extra > p and affordable(plan(extra, r, 0, p * r)) >= 1 + full(extra, p * r):
-        return plan(extra, r, 1 + full(extra, p * r), p * r)
-    while True:
-        row_pages, whole = p * r * per_row, full(p, p * r)
-        # Rounded down to 1/16 of `whole`, so that small changes of the free memory between
-        # calls give the same page count (a new count compiles a new decoding program).
+
+    def pages_within(p, r, rows):
+        """1 + every page (prompts at the bucket), or what the budget holds rounded down to
+        1/16 of that, so that small changes of the free memory between calls give the same
+        count (a new count compiles a new decoding program)."""
+        whole = p * per_prompt + rows * per_row
         quantum = max(1, whole // 16)
-        pages = 1 + min(whole, (affordable(plan(p, r, 0)) - 1) // quantum * quantum)
+        affordable = max(0, budget - plan(p, r, 0, rows).total) // page_bytes
+        return 1 + min(whole, (affordable - 1) // quantum * quantum)
+
+    extra = min(num_prompts, 2 * p)
+    if extra > p:
+        pages = pages_within(extra, r, p * r)
+        if pages - 1 >= prompt_pages(extra) + p * r * per_row:
+            return plan(extra, r, pages, p * r)
+    while True:
+        row_pages = p * r * per_row
+        pages = pages_within(p, r, p * r)
         if pages - 1 >= prompt_pages(p) + min(row_pages, max(per_row, row_pages // 2)):
             return plan(p, r, pages)
         if p > 1:

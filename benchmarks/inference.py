@@ -188,6 +188,7 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
             "prompt_slots": r.get("prompt_slots"), "pages": r.get("pages"),
             "preempted": r.get("preempted", 0), "prefills": r.get("prefills"),
             "segments": r.get("segments"),  # host visits: the device waits for each
+            "compiled": r.get("compiled"),  # new prefill and segment programs in the round
             # the round's seconds: prefills, decoding segments, the device waiting for the host
             **{k: r.get(k) for k in ("prefill_s", "decode_s", "host_s")},
             "row_occupancy": round(r.get("row_steps", 0) / steps / max(r.get("rows", 1), 1), 3),

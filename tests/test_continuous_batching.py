@@ -136,6 +136,25 @@ def test_the_call_seconds_split_into_prefills_segments_and_host_visits(model):
     assert stats["prefill_s"] + stats["decode_s"] + stats["host_s"] <= wall
 
 
+def test_rounds_of_other_prompts_in_one_bucket_compile_nothing_new(model):
+    # Evaluation's rounds: the same tasks, other augmentations, so other prompt lengths in the
+    # same buckets. The plan's page count follows the bucket, not the lengths, so the second
+    # and third calls reuse the first call's programs; a longer bucket compiles new ones.
+    sampler = JaxSampler(model, config=SamplerConfig(
+        buckets=_buckets(), page_size=4, segment_steps=6, max_rows=8, memory_bytes=2 ** 28))
+    rng = np.random.default_rng(0)
+    calls = [PROMPTS, [[1] + rng.integers(6, VOCAB, len(p) - 1 - (len(p) > 8)).tolist()
+                       for p in PROMPTS], [p[:-1] for p in PROMPTS]]
+    calls.append(calls[0] + [[1] + list(range(6, 40))])  # 35 tokens: a bucket of 64
+    compiled, pages = [], []
+    for prompts in calls:
+        sampler.generate(prompts, 3, sampling())
+        compiled.append(sampler.last_stats["compiled"])
+        pages.append(sampler.last_stats["pages"])
+    assert compiled[1] == compiled[2] == 0 and pages[0] == pages[1] == pages[2], (compiled, pages)
+    assert compiled[3] > 0 and pages[3] != pages[0]
+
+
 @pytest.mark.parametrize("n,rows,rows_per_prompt,refill_rows",
                          [(2, 8, 2, 0), (5, 4, 2, 0), (3, 6, 3, 0), (3, 12, 4, 3)])
 def test_the_drain_model_replays_the_samplers_schedule_step_for_step(model, n, rows,

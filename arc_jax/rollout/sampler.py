@@ -241,7 +241,15 @@ class JaxSampler:
         seed = sampling.seed if sampling.seed is not None else int(self._seeds.integers(2 ** 31))
         static_sampling = dataclasses.replace(sampling, seed=None)
         plan = self.plan([len(p) for p in prompts], n, sampling.max_new_tokens)
-        return _Run(self, plan, prompts, n, seed, static_sampling).results()
+        programs = self._programs()
+        results = _Run(self, plan, prompts, n, seed, static_sampling).results()
+        # new prefill and segment programs this call compiled (a new page count or bucket)
+        self.last_stats["compiled"] = self._programs() - programs
+        return results
+
+    def _programs(self) -> int:
+        """The programs the prefill and segment functions hold (0 where JAX does not say)."""
+        return sum(getattr(f, "_cache_size", lambda: 0)() for f in (self._prefill, self._segment))
 
     def __enter__(self) -> "JaxSampler":
         return self

@@ -73,6 +73,43 @@ def make_checkpoint(folder: pathlib.Path, preset: str) -> None:
     _copy_tokenizer(folder)
 
 
+def make_adapter(checkpoint: pathlib.Path, folder: pathlib.Path, rank: int = 32,
+                 alpha: float = 64.0, use_rslora: bool = True, scale: float = 1e-4,
+                 seed: int = 0) -> None:
+    """A PEFT LoRA adapter of `checkpoint` on all seven projections (rank, alpha and rsLoRA of
+    `configs/barc_8b_grpo.py`): random A and B, B of standard deviation `scale`. Nonzero, so
+    an evaluation of it runs the trained policy's path (the adapter merged into the weights);
+    small, so the policy keeps the checkpoint's completion lengths."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    c = json.loads((checkpoint / "config.json").read_text())
+    d, f, h = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * h, c["num_key_value_heads"] * h
+    shapes = {"self_attn.q_proj": (d, q), "self_attn.k_proj": (d, kv), "self_attn.v_proj": (d, kv),
+              "self_attn.o_proj": (q, d), "mlp.gate_proj": (d, f), "mlp.up_proj": (d, f),
+              "mlp.down_proj": (f, d)}
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(c["num_hidden_layers"]):
+        for module, (fan_in, fan_out) in shapes.items():
+            name = f"base_model.model.model.layers.{layer}.{module}"
+            bound = fan_in ** -0.5
+            tensors[f"{name}.lora_A.weight"] = rng.uniform(
+                -bound, bound, (rank, fan_in)).astype(np.float32)
+            tensors[f"{name}.lora_B.weight"] = (
+                scale * rng.standard_normal((fan_out, rank))).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(checkpoint),
+        "r": rank, "lora_alpha": alpha, "use_rslora": use_rslora,
+        "target_modules": [m.split(".")[1] for m in shapes], "lora_dropout": 0.0,
+        "bias": "none"}))
+
+
 def calibration_prompts(count: int = 4) -> list[str]:
     """Real prompts, as the benchmarks' commands send them: the first ARC-AGI-1 training and
     evaluation tasks, alternately, in the default prompt style."""

@@ -17,6 +17,8 @@ start-up excluded; round 0 also compiles), the length histogram, and the share o
 floor (the bytes the decode steps actually read: weights once per step, each used slot's
 prompt keys and values up to its length, each row's own pages) and of the dense bf16 compute ceiling, with the
 card's datasheet figures. `--hf` adds HF `generate` (static cache) on the same card.
+`--adapter` evaluates a random LoRA adapter on each checkpoint instead of the base model, as a
+user evaluates a trained policy.
 Each part runs in its own process; JSON lines are printed as results arrive.
 """
 
@@ -142,12 +144,18 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
 def run_eval(name: str, checkpoint: pathlib.Path, out: pathlib.Path, args) -> dict:
     output_dir = out / f"eval_{name}"
     shutil.rmtree(output_dir, ignore_errors=True)
+    policy = []
+    if args.adapter:  # the trained policy's evaluation: a random adapter, no baseline
+        adapter = out / f"adapter-{name}"
+        if not (adapter / "adapter_config.json").exists():
+            fixtures.make_adapter(checkpoint, adapter)
+        policy = [f"--config.checkpoint={adapter}", "--config.eval.baseline=False"]
     command = [sys.executable, "-m", "arc_jax.launch", "--config=configs/eval_barc_8b.py",
                f"--config.model_path={checkpoint}", f"--config.max_tasks={args.tasks}",
                f"--config.eval.n_predictions={args.rounds * args.predictions}",
                f"--config.eval.rounds={args.rounds}",
                f"--config.eval.output_dir={output_dir}", f"--config.workdir={out / 'workdir'}",
-               "--config.eval.num_pictures=0", *args.override]
+               "--config.eval.num_pictures=0", *policy, *args.override]
     emit({"stage": "eval", "name": name, "command": " ".join(command[2:])})
     begin = time.perf_counter()
     with open(out / f"eval_{name}.log", "w") as log:
@@ -160,7 +168,9 @@ def run_eval(name: str, checkpoint: pathlib.Path, out: pathlib.Path, args) -> di
                 print("  | " + line.rstrip()[:400], flush=True)
         rc = proc.wait()
     summary_path = output_dir / "summary.json"
-    rounds = json.loads(summary_path.read_text())["baseline"]["rounds"] if summary_path.exists() else []
+    # one policy: the baseline, or the adapter with --adapter
+    rounds = ([policy["rounds"] for policy in json.loads(summary_path.read_text()).values()][0]
+              if summary_path.exists() else [])
     return {"rc": rc, "wall_s": time.perf_counter() - begin, "rounds": rounds}
 
 
@@ -254,6 +264,9 @@ def main():
     p.add_argument("--skip-worst", action="store_true")
     p.add_argument("--skip-realistic", action="store_true")
     p.add_argument("--hf", action="store_true", help="HF generate on the same card")
+    p.add_argument("--adapter", action="store_true",
+                   help="evaluate a random LoRA adapter on each checkpoint (a trained policy: "
+                   "its adapter is merged into the sampler's weights) instead of the base model")
     p.add_argument("--phase", choices=["checkpoint", "realistic", "kernel", "hf"],
                    help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", type=pathlib.Path)

@@ -178,6 +178,31 @@ def test_exported_adapter_loads_in_peft_with_the_same_logits(untied, tmp_path):
     np.testing.assert_array_less(np.abs(got - expected)[real], 1e-4)
 
 
+def test_the_benchmarks_random_adapter_loads_in_peft_and_ours_with_the_same_logits(untied,
+                                                                                   tmp_path):
+    # `benchmarks/inference.py --adapter` evaluates the adapter `fixtures.make_adapter` writes:
+    # it must be a PEFT adapter of the checkpoint, and change what the model computes.
+    import importlib.util
+    import pathlib
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("fixtures", folder / "fixtures.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    hf, path = untied
+    fixtures.make_adapter(path, tmp_path / "adapter", rank=4, alpha=16.0, scale=0.1)
+    peft_model = peft.PeftModel.from_pretrained(load_hf(path), tmp_path / "adapter").eval()
+    model = from_pretrained(path, dtype=jnp.float32, numerics=EXACT,
+                            lora=LoraConfig(rank=4, alpha=16.0, use_rslora=True))
+    load_peft_adapter(model, tmp_path / "adapter")
+    tokens, mask = padded_batch(256, seed=6)
+    real = mask == 1
+    expected = hf_logits(peft_model, tokens, mask)
+    assert np.abs(expected - hf_logits(hf, tokens, mask))[real].max() > 1e-2  # adapter matters
+    got = np.asarray(model(jnp.asarray(tokens), attention_mask=mask))
+    np.testing.assert_array_less(np.abs(got - expected)[real], 1e-4)
+
+
 def test_peft_made_adapter_loads_in_ours_with_the_same_logits(untied, tmp_path):
     _, path = untied
     torch.manual_seed(3)

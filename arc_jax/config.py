@@ -174,6 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.sampler.attention = "auto"  # decoding attention: "pallas" (GPU), "xla", or "auto"
     config.sampler.memory_fraction = 0.8  # share of the free device memory the sampler plans on
     config.sampler.merge_lora = True  # decode with W + s*A*B merged (as TRL feeds vLLM)
+    config.sampler.kv_cache_dtype = "auto"  # the cached keys and values, in both engines:
+    # "auto" (the model's dtype) or "fp8" (vLLM's --kv-cache-dtype fp8: twice the tokens per
+    # byte, on GPUs with fp8 such as H100 and H200)
 
     # Rewards and program execution.
     config.reward_name = "arc-v1"  # "arc-v1", "arc-v2-no-pixel-score", "arc-v0" or "arc-unseen"
@@ -336,6 +339,7 @@ _RULES = (
     ("sampler.attention", lambda v, c: v in ("auto", "xla", "pallas"),
      "'auto', 'xla' or 'pallas'"),
     ("sampler.memory_fraction", lambda v, c: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("sampler.kv_cache_dtype", lambda v, c: v in ("auto", "fp8"), "'auto' or 'fp8'"),
     ("rollout.engine", lambda v, c: v in ENGINES, f"one of {list(ENGINES)}"),
     ("reward_name", lambda v, c: v in SCHEMES, f"one of {sorted(SCHEMES)}"),
     ("dynamic_sampling", lambda v, c: isinstance(v, bool), "True or False"),

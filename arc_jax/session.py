@@ -212,6 +212,7 @@ def vllm_config(config: ml_collections.ConfigDict) -> VLLMConfig:
         max_model_len=config.max_seq_length, max_lora_rank=v.max_lora_rank,
         gpu_memory_utilization=v.gpu_memory_utilization,
         tensor_parallel_size=v.tensor_parallel_size, data_parallel_size=v.data_parallel_size,
+        kv_cache_dtype=config.sampler.kv_cache_dtype,
         extra_args=v.extra_args, request_timeout=v.request_timeout,
         max_concurrent_requests=v.max_concurrent_requests, max_restarts=v.max_restarts)
 
@@ -242,4 +243,4 @@ def _jax_engine(config, model, tokenizer, buckets, model_path) -> RolloutEngine:
         max_rows=s.max_rows, rows_per_prompt=s.rows_per_prompt, page_size=s.page_size,
         segment_steps=s.segment_steps, refill_rows=s.refill_rows, attention=s.attention,
         buckets=buckets, memory_fraction=s.memory_fraction, seed=config.seed,
-        merge_lora=s.merge_lora))
+        merge_lora=s.merge_lora, kv_cache_dtype=s.kv_cache_dtype))

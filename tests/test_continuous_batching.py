@@ -212,6 +212,31 @@ def test_greedy_samples_are_identical_and_match_one_row(model):
     assert all(len({c.token_ids for c in cs}) == 1 for cs in many)
 
 
+def test_an_fp8_cache_takes_a_quarter_of_float32_and_samples_close_to_the_exact_one(model):
+    # 2 layers x (k, v) x 2 heads x 8 dims: 64 values a token, 256 bytes in float32, 64 in fp8.
+    # The first token of every sample comes from the prefill's logits, not the cache, so it is
+    # the same; the greedy completions' log-probs differ by the cache's rounding while the
+    # tokens agree (most of them here), and the log-probs are not the trainer's.
+    greedy = sampling(temperature=0.0, top_p=1.0, stop_token_ids=())
+    config = dict(buckets=_buckets(), page_size=4, segment_steps=6, memory_bytes=2 ** 20)
+    exact = JaxSampler(model, config=SamplerConfig(**config))
+    fp8 = JaxSampler(model, config=SamplerConfig(kv_cache_dtype="fp8", **config))
+    assert exact.trainer_logprobs and not fp8.trainer_logprobs
+    lengths = [len(p) for p in PROMPTS]
+    plans = [sampler.plan(lengths, 3, 24) for sampler in (exact, fp8)]
+    assert [plan.page_pool // plan.pages for plan in plans] == [4 * 256, 4 * 64]
+    a, b = (sampler.generate(PROMPTS, 1, greedy) for sampler in (exact, fp8))
+    agreed, differences = 0, []
+    for (x,), (y,) in zip(a, b):
+        assert x.token_ids[0] == y.token_ids[0]
+        same = next((i for i, (s, t) in enumerate(zip(x.token_ids, y.token_ids)) if s != t),
+                    len(x.token_ids))
+        agreed += same
+        differences += np.abs(np.subtract(x.logprobs[:same], y.logprobs[:same])).tolist()
+    assert agreed >= len(PROMPTS) * 24 // 2
+    assert 1e-5 < max(differences) < 0.01
+
+
 # ----------------------------------------------------------------------------- attention
 
 
@@ -314,8 +339,29 @@ def test_the_pallas_kernel_equals_the_xla_paged_attention(seed):
     np.testing.assert_allclose(np.asarray(ours[1])[finite], np.asarray(ref[1])[finite], atol=2e-5)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_fp8_pages_are_read_in_fp8_and_attended_in_the_queries_type(implementation):
+    # sampler.kv_cache_dtype="fp8": the pool holds float8 e4m3 keys and values. Both parts of
+    # the attention must equal the dense attention over the float8-rounded keys and values
+    # (upcast to the queries' float32), and differ from the unrounded attention by rounding.
+    case = list(random_case(4, page_size=16, pages_per_row=2, prompt_len=40, heads=8,
+                            kv_heads=2, head_dim=16))
+    rounded = lambda x: np.asarray(jnp.asarray(x, jnp.float8_e4m3fn).astype(jnp.float32))
+    exact = dense_reference(*case)
+    for i in (1, 2):  # the pool, as the sampler stores it
+        case[i] = jnp.asarray(case[i], jnp.float8_e4m3fn)
+    ours = split_parts(case, implementation)
+    reference = list(case)
+    for i in (1, 2, 5, 6):  # the reference on the same rounded values, in float32
+        reference[i] = rounded(case[i])
+    np.testing.assert_allclose(ours, dense_reference(*reference), atol=2e-5)
+    error = np.abs(ours - exact).max()
+    assert 1e-3 < error < 0.2, error  # e4m3 keeps 3 bits of mantissa
+
+
 @pytest.mark.parametrize("kernel", ["prefix_attention", "paged_attention"])
-def test_the_pallas_kernels_lower_to_triton_for_a_gpu(kernel):
+@pytest.mark.parametrize("pool_dtype", [jnp.bfloat16, jnp.float8_e4m3fn])
+def test_the_pallas_kernels_lower_to_triton_for_a_gpu(kernel, pool_dtype):
     # The CPU runs the kernels in Pallas' interpreter, which takes shapes that Triton refuses
     # (for example a block that is not a power of two). Lowering them for a GPU, as jax.export
     # does on any machine, runs Pallas' Triton lowering: the 8B head shapes, a pool and tables
@@ -326,7 +372,8 @@ def test_the_pallas_kernels_lower_to_triton_for_a_gpu(kernel):
 
     bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
     int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    pool = bf16(101, 32, 8, 128)  # M pages of 32 tokens, 8 key/value heads of 128
+    # M pages of 32 tokens, 8 key/value heads of 128 (bf16, or fp8 with bf16 queries)
+    pool = jax.ShapeDtypeStruct((101, 32, 8, 128), pool_dtype)
     if kernel == "prefix_attention":  # 3 slots of 5 lanes, tables of 9 pages
         args = (bf16(3, 5, 32, 128), pool, pool, int32(3, 9), int32(3))
     else:  # 6 rows, tables of 3 pages

@@ -126,6 +126,15 @@ def test_vllm_settings_out_of_range_name_the_field():
         validate(config)
 
 
+def test_the_kv_cache_dtype_reaches_the_server_command(tmp_path):
+    from arc_jax.rollout.vllm import VLLMServer
+
+    command = lambda **kw: VLLMServer("m", vllm_config(**kw), 8, tmp_path / "log").command()
+    assert "--kv-cache-dtype" not in command()  # vLLM's own default
+    fp8 = command(kv_cache_dtype="fp8")
+    assert fp8[fp8.index("--kv-cache-dtype") + 1] == "fp8"
+
+
 def test_a_server_that_cannot_start_is_reported_with_its_log(tiny_llama, tmp_path):
     """This Python has no vLLM: the child exits at once and the error quotes its log."""
     model, tokenizer = load(tiny_llama), transformers.AutoTokenizer.from_pretrained(tiny_llama)

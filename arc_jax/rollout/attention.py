@@ -10,6 +10,9 @@ are read once per step, not once per row), `paged_attention` reads each row's ow
 its pages, and `merge` combines them. Each part returns (out [.., N, H] float32 normalised
 within the part, lse [.., N] float32); an empty part has lse = -inf and out = 0.
 
+The pages may hold keys and values in a narrower type than the queries (fp8): both parts
+read them in it and compute in the queries' type.
+
 Both parts have two implementations of one function: "xla" (the reference, any backend; it
 gathers every page of the tables, moving them through memory three times on a GPU, and scores
 every gathered key in float32), and "pallas", kernels that read each row's and each slot's
@@ -52,7 +55,8 @@ def prefix_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table
     _check(implementation)
     p, r, n, h = q.shape
     _, ps, kh, _ = k_pages.shape
-    k, v = (pages[table].reshape(p, -1, kh, h) for pages in (k_pages, v_pages))  # [P, n*ps, K, H]
+    k, v = (pages[table].reshape(p, -1, kh, h).astype(q.dtype)                   # [P, n*ps, K, H]
+            for pages in (k_pages, v_pages))
     valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]                   # [P, n*ps]
     q = q.reshape(p, r, kh, n // kh, h) * jnp.asarray(h ** -0.5, q.dtype)
     scores = jnp.einsum("prkgh,pskh->prkgs", q, k, preferred_element_type=jnp.float32)
@@ -83,7 +87,7 @@ def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table:
     _check(implementation)
     b, n, h = q.shape
     _, ps, kh, _ = k_pages.shape
-    gather = lambda pages: pages[table].reshape(b, -1, kh, h)                   # [B, n*ps, K, H]
+    gather = lambda pages: pages[table].reshape(b, -1, kh, h).astype(q.dtype)   # [B, n*ps, K, H]
     q = q.reshape(b, kh, n // kh, h) * jnp.asarray(h ** -0.5, q.dtype)
     scores = jnp.einsum("bkgh,btkh->bkgt", q, gather(k_pages), preferred_element_type=jnp.float32)
     visible = jnp.arange(scores.shape[-1])[None, :] < lengths[:, None]          # [B, n*ps]

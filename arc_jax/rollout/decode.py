@@ -67,10 +67,11 @@ class PagePool:
     v: tuple[jax.Array, ...]
 
     @classmethod
-    def empty(cls, model: Llama, pages: int, page_size: int) -> PagePool:
+    def empty(cls, model: Llama, pages: int, page_size: int, dtype=None) -> PagePool:
+        """dtype: of the keys and values (default: the model's compute dtype)."""
         c = model.config
         shape = (pages, page_size, c.num_key_value_heads, c.head_dim)
-        zeros = lambda: jnp.zeros(shape, model.numerics.compute_dtype)
+        zeros = lambda: jnp.zeros(shape, dtype or model.numerics.compute_dtype)
         layers = range(c.num_hidden_layers)
         return cls(k=tuple(zeros() for _ in layers), v=tuple(zeros() for _ in layers))
 

@@ -83,10 +83,12 @@ def kv_bytes_per_token(config: LlamaConfig, dtype) -> int:
 
 def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int,
                prompt_len: int, max_new_tokens: int, page_size: int, pages: int,
-               rows: int | None = None, fused_prefill: bool = False) -> SlotPlan:
+               rows: int | None = None, fused_prefill: bool = False,
+               kv_dtype=None) -> SlotPlan:
     """The memory of one slot layout (caches exactly, workspace estimated); rows defaults to
-    prompts * rows_per_prompt."""
-    per_token = kv_bytes_per_token(config, dtype)
+    prompts * rows_per_prompt; the pages hold keys and values in kv_dtype (default: dtype,
+    the activations')."""
+    per_token = kv_bytes_per_token(config, kv_dtype or dtype)
     itemsize = np.dtype(dtype).itemsize
     vocab = config.vocab_size
     rows = rows or prompts * rows_per_prompt
@@ -110,7 +112,7 @@ def plan_slots(config: LlamaConfig, dtype, *, prompts: int, rows_per_prompt: int
 def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n: int,
                  prompt_len: int, max_new_tokens: int, max_rows: int, rows_per_prompt: int,
                  page_size: int, fused_prefill: bool = False,
-                 prompt_lengths: Sequence[int] = ()) -> SlotPlan:
+                 prompt_lengths: Sequence[int] = (), kv_dtype=None) -> SlotPlan:
     """The largest layout within `budget` bytes: R = min(n, rows_per_prompt) rows per prompt,
     B = R x as many prompts as the call has and `max_rows` allows, and pages for the prompts
     in the slots and for every row to reach max_new_tokens, or, when memory is short, for the
@@ -131,11 +133,11 @@ def choose_slots(config: LlamaConfig, dtype, budget: int, *, num_prompts: int, n
     longest = sorted((-(-length // page_size) for length in prompt_lengths), reverse=True)
     # pages the prompts of p slots can hold at once
     prompt_pages = lambda p: sum(longest[:p]) if longest else p * per_prompt
-    page_bytes = page_size * kv_bytes_per_token(config, dtype)
+    page_bytes = page_size * kv_bytes_per_token(config, kv_dtype or dtype)
     plan = lambda p, r, pages, rows=None: plan_slots(
         config, dtype, prompts=p, rows_per_prompt=r, prompt_len=prompt_len,
         max_new_tokens=max_new_tokens, page_size=page_size, pages=pages, rows=rows,
-        fused_prefill=fused_prefill)
+        fused_prefill=fused_prefill, kv_dtype=kv_dtype)
 
     def pages_within(p, r, rows):
         """1 + every page (prompts at the bucket), or what the budget holds rounded down to

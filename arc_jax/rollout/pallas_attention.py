@@ -40,12 +40,12 @@ def _kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, k_out_re
     page_size = k_ref.shape[1]
     real = jnp.arange(block_h) < groups
     q = plgpu.load(q_ref.at[pl.ds(0, block_h), :], mask=real[:, None], other=0.0)
-    q = (q.astype(jnp.float32) * scale).astype(k_ref.dtype)
+    q = (q.astype(jnp.float32) * scale).astype(q_ref.dtype)
 
     def page(j, carry):
         out, top, total = carry
         index = table_ref[j]
-        k = k_ref[index]                                                     # [ps, H]
+        k = k_ref[index].astype(q.dtype)                                     # [ps, H]
         scores = plgpu.dot(q, k.T).astype(jnp.float32)                       # [block_h, ps]
         visible = j * page_size + jnp.arange(page_size) < length
         scores = jnp.where(visible[None, :], scores, -jnp.inf)
@@ -53,7 +53,7 @@ def _kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, k_out_re
         correction = jnp.exp(top - new_top)
         weights = jnp.exp(scores - new_top[:, None])
         total = correction * total + jnp.sum(weights, axis=1)
-        v = v_ref[index]                                                     # [ps, H]
+        v = v_ref[index].astype(q.dtype)                                     # [ps, H]
         out = correction[:, None] * out + plgpu.dot(weights.astype(v.dtype), v).astype(jnp.float32)
         return out, new_top, total
 
@@ -128,7 +128,7 @@ def _prefix_kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, k
     start = pl.program_id(2) * chunk
     end = jnp.minimum(start + chunk, length_ref[0])
     q = q_ref[...]
-    q = (q.astype(jnp.float32) * scale).astype(k_ref.dtype)
+    q = (q.astype(jnp.float32) * scale).astype(q_ref.dtype)
     rows = q.shape[0]
 
     def step(j, carry):
@@ -136,14 +136,14 @@ def _prefix_kernel(table_ref, length_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, k
         first = start + j * page_size
         index = table_ref[first // page_size]
         visible = first + jnp.arange(page_size) < end
-        k = k_ref[index]                                                     # [ps, H]
+        k = k_ref[index].astype(q.dtype)                                     # [ps, H]
         scores = plgpu.dot(q, k.T).astype(jnp.float32)                       # [M, ps]
         scores = jnp.where(visible[None, :], scores, -jnp.inf)
         new_top = jnp.maximum(top, jnp.max(scores, axis=1))
         correction = jnp.exp(top - new_top)
         weights = jnp.exp(scores - new_top[:, None])
         total = correction * total + jnp.sum(weights, axis=1)
-        v = v_ref[index]                                                     # [ps, H]
+        v = v_ref[index].astype(q.dtype)                                     # [ps, H]
         out = correction[:, None] * out + plgpu.dot(weights.astype(v.dtype), v).astype(jnp.float32)
         return out, new_top, total
 

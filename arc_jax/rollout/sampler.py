@@ -29,6 +29,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -41,6 +42,8 @@ from arc_jax.rollout.interface import Completion, SamplingParams
 from arc_jax.rollout.memory import SlotPlan, choose_slots, free_device_bytes
 
 ATTENTION = ("auto", "xla", "pallas")
+# sampler.kv_cache_dtype (vLLM's --kv-cache-dtype names): the pages' keys and values
+KV_CACHE_DTYPES = {"auto": None, "fp8": jnp.float8_e4m3fn}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,10 @@ class SamplerConfig:
     seed: seeds the engine's own source of seeds for calls with `SamplingParams.seed=None`.
     merge_lora: decode with the LoRA adapters merged into a copy of the adapted kernels
       (faster; rounds W + s * A B to the kernels' dtype, as vLLM fed by TRL does).
+    kv_cache_dtype: the cached keys and values: "auto" (the model's compute dtype) or "fp8"
+      (float8 e4m3 without scaling, as vLLM's --kv-cache-dtype fp8: half the bytes per token,
+      so twice the tokens in the same memory and half the attention's reads, for rounding
+      the model was not trained with; its log-probs are then not the trainer's).
     """
 
     max_rows: int = 256
@@ -114,6 +121,7 @@ class SamplerConfig:
     memory_bytes: int | None = None
     seed: int = 0
     merge_lora: bool = True
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self):
         for name in ("max_rows", "rows_per_prompt", "page_size", "segment_steps"):
@@ -124,6 +132,9 @@ class SamplerConfig:
         if self.attention not in ATTENTION:
             raise ValueError(f"SamplerConfig.attention must be one of {ATTENTION}, got "
                              f"{self.attention!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"SamplerConfig.kv_cache_dtype must be one of "
+                             f"{list(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if not 0 < self.memory_fraction <= 1:
             raise ValueError(f"SamplerConfig.memory_fraction must be in (0, 1], got "
                              f"{self.memory_fraction}")
@@ -200,6 +211,9 @@ class JaxSampler:
     def __init__(self, model: Llama, tokenizer: Any = None, config: SamplerConfig = SamplerConfig()):
         self.model_config = model.config
         self.dtype = model.numerics.compute_dtype
+        self.kv_dtype = KV_CACHE_DTYPES[config.kv_cache_dtype] or self.dtype
+        # the log-probs are the trainer's own only when the cache rounds as the trainer does
+        self.trainer_logprobs = self.kv_dtype == self.dtype
         self.fused_prefill = model.numerics.attention_impl == "cudnn"
         self.tokenizer = tokenizer
         self.config = config
@@ -329,7 +343,8 @@ class JaxSampler:
                             prompt_len=c.buckets(max(prompt_lengths)),
                             max_new_tokens=max_new_tokens, max_rows=c.max_rows,
                             rows_per_prompt=c.rows_per_prompt, page_size=c.page_size,
-                            fused_prefill=self.fused_prefill, prompt_lengths=prompt_lengths)
+                            fused_prefill=self.fused_prefill, prompt_lengths=prompt_lengths,
+                            kv_dtype=self.kv_dtype)
 
     def _budget(self) -> int:
         if self.config.memory_bytes is not None:
@@ -380,7 +395,7 @@ class _Run:
         self.cache = SlotCache.empty(model, self.p, penalised)
         first = sorted(map(len, prompts))[:self.p]
         self.first_len = sampler.config.buckets(max(first))
-        self.pool = PagePool.empty(model, plan.pages, plan.page_size)
+        self.pool = PagePool.empty(model, plan.pages, plan.page_size, sampler.kv_dtype)
         self.rows = Rows.empty(self.b, model_config.vocab_size, penalised)
         del model
         self.prompt_table = np.zeros((self.p, plan.pages_per_prompt), np.int32)

@@ -69,6 +69,8 @@ class VLLMConfig:
     max_lora_rank: --max-lora-rank; 0 = the smallest rank vLLM accepts that holds the adapter.
     gpu_memory_utilization, tensor_parallel_size, data_parallel_size: vLLM's options (the
       memory share is ignored by the CPU build).
+    kv_cache_dtype: --kv-cache-dtype ("auto" or "fp8"; `sampler.kv_cache_dtype`, which the JAX
+      sampler takes too).
     extra_args: more arguments for the server, as one shell-quoted string.
     request_timeout: seconds one completion request may take.
     max_concurrent_requests: requests in flight at once (vLLM batches them).
@@ -88,6 +90,7 @@ class VLLMConfig:
     gpu_memory_utilization: float = 0.3
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    kv_cache_dtype: str = "auto"
     extra_args: str = ""
     request_timeout: float = 1800.0
     max_concurrent_requests: int = 64
@@ -196,6 +199,7 @@ class VLLMServer:
                 "--gpu-memory-utilization", str(c.gpu_memory_utilization),
                 "--tensor-parallel-size", str(c.tensor_parallel_size),
                 "--data-parallel-size", str(c.data_parallel_size),
+                *(["--kv-cache-dtype", c.kv_cache_dtype] if c.kv_cache_dtype != "auto" else []),
                 "--seed", "0", *shlex.split(c.extra_args)]
 
     def start(self) -> None:

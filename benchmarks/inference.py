@@ -179,7 +179,7 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
     for r in result["rounds"]:
         seconds = r["sample_s"] + r["score_s"]
         steps = max(r.get("steps", 0), 1)
-        kv = sizes["kv_bytes_per_token"]
+        kv = r.get("kv_bytes_per_token", sizes["kv_bytes_per_token"])  # fp8: half
         read = (steps * sizes["weight_bytes"] + kv * (r.get("prompt_kv_read", 0)
                                                        + r.get("own_kv_read", 0)))
         tokens = r["output_tokens"]

@@ -226,6 +226,9 @@ def test_an_fp8_cache_takes_a_quarter_of_float32_and_samples_close_to_the_exact_
     plans = [sampler.plan(lengths, 3, 24) for sampler in (exact, fp8)]
     assert [plan.page_pool // plan.pages for plan in plans] == [4 * 256, 4 * 64]
     a, b = (sampler.generate(PROMPTS, 1, greedy) for sampler in (exact, fp8))
+    # the bytes the eval benchmark counts per cached token read
+    assert (exact.last_stats["kv_bytes_per_token"], fp8.last_stats["kv_bytes_per_token"]) == (
+        256, 64)
     agreed, differences = 0, []
     for (x,), (y,) in zip(a, b):
         assert x.token_ids[0] == y.token_ids[0]

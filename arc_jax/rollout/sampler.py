@@ -206,8 +206,6 @@ class JaxSampler:
     tokenizer: optional, only used to fill `Completion.text`.
     """
 
-    trainer_logprobs = True
-
     def __init__(self, model: Llama, tokenizer: Any = None, config: SamplerConfig = SamplerConfig()):
         self.model_config = model.config
         self.dtype = model.numerics.compute_dtype
@@ -590,6 +588,8 @@ class _Run:
                     remaining -= 1
         s.last_stats = dict(self.stats, rows=self.b, prompt_slots=self.p, lanes=self.lanes,
                             pages=self.plan.pages - 1,
+                            kv_bytes_per_token=self.plan.page_pool // self.plan.pages
+                            // self.plan.page_size,
                             **{k: round(self.stats[k], 3)
                                for k in ("prefill_s", "decode_s", "host_s")})
         return self.out

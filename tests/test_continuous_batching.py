@@ -362,6 +362,16 @@ def test_fp8_pages_are_read_in_fp8_and_attended_in_the_queries_type(implementati
     assert 1e-3 < error < 0.2, error  # e4m3 keeps 3 bits of mantissa
 
 
+def test_fp8_pages_go_to_the_kernels_only_on_gpus_that_convert_fp8():
+    from types import SimpleNamespace
+
+    from arc_jax.rollout.pallas_attention import reads_fp8
+
+    gpu = lambda capability: SimpleNamespace(compute_capability=capability)
+    assert not reads_fp8(gpu("8.0")) and not reads_fp8(gpu("8.6"))  # A100, A10: XLA instead
+    assert reads_fp8(gpu("8.9")) and reads_fp8(gpu("9.0")) and reads_fp8(gpu("10.0"))
+
+
 @pytest.mark.parametrize("kernel", ["prefix_attention", "paged_attention"])
 @pytest.mark.parametrize("pool_dtype", [jnp.bfloat16, jnp.float8_e4m3fn])
 def test_the_pallas_kernels_lower_to_triton_for_a_gpu(kernel, pool_dtype):

@@ -76,6 +76,16 @@ def supported(page_size: int, head_dim: int) -> bool:
             and power_of_two(head_dim))
 
 
+def reads_fp8(device) -> bool:
+    """Whether the compiled kernels can read fp8 pages on this GPU: Triton converts float8
+    e4m3 from compute capability 8.9 (Ada, Hopper) on. A device that does not say is taken
+    to."""
+    capability = getattr(device, "compute_capability", None)
+    if capability is None:
+        return True
+    return tuple(int(x) for x in str(capability).split(".")[:2]) >= (8, 9)
+
+
 def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array,
                     lengths: jax.Array, interpret: bool | None = None
                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:

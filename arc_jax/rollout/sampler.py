@@ -217,10 +217,11 @@ class JaxSampler:
         self.config = config
         self.attention = config.attention
         if self.attention == "auto":
-            from arc_jax.rollout.pallas_attention import supported
+            from arc_jax.rollout.pallas_attention import reads_fp8, supported
 
             gpu = jax.default_backend() == "gpu"
-            fits = supported(config.page_size, model.config.head_dim)
+            fits = supported(config.page_size, model.config.head_dim) and (
+                self.kv_dtype == self.dtype or not gpu or reads_fp8(jax.local_devices()[0]))
             self.attention = "pallas" if gpu and fits else "xla"
         self._graphdef, lora, self._base = nnx.split(model, LoraParam, ...)
         # Committed to their placement, like the arrays `update_weights` hands in later, so

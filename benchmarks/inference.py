@@ -13,7 +13,9 @@ against the XLA one on the 8B shapes, then runs the user's command on each,
 
 and prints, from the run's summary.json, per round: programs, output tokens, seconds of
 sampling and scoring, output tokens/s and programs/s (sampling + scoring, model loading and
-start-up excluded; round 0 also compiles), the length histogram, and the share of the HBM
+start-up excluded; round 0 also compiles), the output tokens/s until the last sample started
+(`steady_tokens_per_s`: no drain at the end, as in the config's far longer rounds), the
+length histogram, and the share of the HBM
 floor (the bytes the decode steps actually read: weights once per step, each used slot's
 prompt keys and values up to its length, each row's own pages) and of the dense bf16 compute ceiling, with the
 card's datasheet figures. `--hf` adds HF `generate` (static cache) on the same card.
@@ -199,6 +201,8 @@ def eval_table(name: str, result: dict, sizes: dict, bandwidth: float, flops: fl
             "preempted": r.get("preempted", 0), "prefills": r.get("prefills"),
             "segments": r.get("segments"),  # host visits: the device waits for each
             "compiled": r.get("compiled"),  # new prefill and segment programs in the round
+            # until the last sample started (rows refilled all along): a long stream's rate
+            "steady_tokens_per_s": round(r.get("steady_tokens", 0) / max(r.get("steady_s", 0), 1e-9)),
             # the round's seconds: prefills, decoding segments, the device waiting for the host
             **{k: r.get(k) for k in ("prefill_s", "decode_s", "host_s")},
             "row_occupancy": round(r.get("row_steps", 0) / steps / max(r.get("rows", 1), 1), 3),

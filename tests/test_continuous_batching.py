@@ -134,6 +134,12 @@ def test_the_call_seconds_split_into_prefills_segments_and_host_visits(model):
     assert stats["prefills"] == 4 and stats["segments"] >= 8
     assert stats["prefill_s"] > 0 and stats["decode_s"] > 0 and stats["host_s"] > 0
     assert stats["prefill_s"] + stats["decode_s"] + stats["host_s"] <= wall
+    # 20 samples on 4 rows: samples wait for rows until the last ones start, then the drain
+    assert 0 < stats["steady_tokens"] < stats["row_steps"]
+    assert 0 < stats["steady_s"] < wall
+    # every sample starts at once: nothing waits, so no steady phase
+    _, stats = run(model, n=2, max_rows=8, rows_per_prompt=2, segment_steps=3)
+    assert stats.get("steady_tokens", 0) == 0 and stats["steady_s"] == 0
 
 
 def test_rounds_of_other_prompts_in_one_bucket_compile_nothing_new(model):

@@ -546,6 +546,7 @@ class _Run:
     def results(self) -> list[list[Completion]]:
         s, remaining = self.s, len(self.prompts) * self.n
         idle_since = None  # when the last segment's results reached the host
+        start = time.perf_counter()
         while remaining:
             self._fill_slots()
             self._grow_running()
@@ -571,6 +572,9 @@ class _Run:
             self.stats["segments"] += 1
             self.stats["steps"] += int(segment.steps)
             self.stats["row_steps"] += int(segment.count.sum())
+            if refill:  # samples were waiting for rows: the call ran as in a long stream
+                self.stats["steady_s"] = idle_since - start
+                self.stats["steady_tokens"] = self.stats["row_steps"]
             self.stats["own_kv_read"] += int(segment.own_read)
             # the prompt keys the Pallas kernel reads: each used slot's up to its prompt's length
             self.stats["prompt_kv_read"] += int(segment.steps) * sum(
@@ -592,7 +596,7 @@ class _Run:
                             kv_bytes_per_token=self.plan.page_pool // self.plan.pages
                             // self.plan.page_size,
                             **{k: round(self.stats[k], 3)
-                               for k in ("prefill_s", "decode_s", "host_s")})
+                               for k in ("prefill_s", "decode_s", "host_s", "steady_s")})
         return self.out
 
     def _completion(self, chunks) -> Completion:

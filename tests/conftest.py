@@ -55,3 +55,11 @@ def save_tiny_llama3_policy(path: pathlib.Path) -> str:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(LLAMA3_TOKENIZER / name, path / name)
     return str(path)
+
+
+def weight_bytes() -> int:
+    """Bytes of the distinct device buffers alive (arrays that alias one buffer count once)."""
+    import jax
+
+    buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays() if not x.is_deleted()}
+    return sum(buffers.values())

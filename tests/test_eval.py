@@ -14,7 +14,7 @@ from arc_jax.execution import ExecutionConfig, ExecutionPool
 from arc_jax.rollout import PromptBuckets
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-from conftest import save_tiny_llama3_policy
+from conftest import save_tiny_llama3_policy, weight_bytes
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,6 @@ def test_eval_of_an_adapter_folds_it_into_the_samplers_only_copy_of_the_weights(
     from arc_jax.model import LoraParam
     from arc_jax.model.checkpoint import save_peft_adapter
     from arc_jax.rollout import JaxSampler
-    from test_rollout import weight_bytes
 
     config = eval_config(tiny_policy)
     trained = session.load_policy(config, tiny_policy, session.make_mesh(config))

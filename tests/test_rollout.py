@@ -21,7 +21,7 @@ from transformers.generation.logits_process import (
 )
 
 from arc_jax.model import LoraConfig, LoraParam, Numerics, from_pretrained
-from conftest import save_tiny_llama
+from conftest import save_tiny_llama, weight_bytes
 from arc_jax.rollout import (
     JaxSampler,
     PromptBuckets,
@@ -248,12 +248,6 @@ def test_merged_weights_sample_what_the_adapters_compute(checkpoint):
     assert tokens(merged) == tokens(separate) != tokens(base)
     for a, b in zip(merged, separate):
         np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-4)
-
-
-def weight_bytes() -> int:
-    """Bytes of the distinct device buffers alive (arrays that alias one buffer count once)."""
-    buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays() if not x.is_deleted()}
-    return sum(buffers.values())
 
 
 def test_final_update_folds_the_adapters_in_and_frees_the_unmerged_kernels(checkpoint):

@@ -146,18 +146,18 @@ def segment_memory(layers: int = 2, rows: int = 256, slots: int = 16, prompt_len
 def run_eval(name: str, checkpoint: pathlib.Path, out: pathlib.Path, args) -> dict:
     output_dir = out / f"eval_{name}"
     shutil.rmtree(output_dir, ignore_errors=True)
-    policy = []
+    policy_args = []
     if args.adapter:  # the trained policy's evaluation: a random adapter, no baseline
         adapter = out / f"adapter-{name}"
         if not (adapter / "adapter_config.json").exists():
             fixtures.make_adapter(checkpoint, adapter)
-        policy = [f"--config.checkpoint={adapter}", "--config.eval.baseline=False"]
+        policy_args = [f"--config.checkpoint={adapter}", "--config.eval.baseline=False"]
     command = [sys.executable, "-m", "arc_jax.launch", "--config=configs/eval_barc_8b.py",
                f"--config.model_path={checkpoint}", f"--config.max_tasks={args.tasks}",
                f"--config.eval.n_predictions={args.rounds * args.predictions}",
                f"--config.eval.rounds={args.rounds}",
                f"--config.eval.output_dir={output_dir}", f"--config.workdir={out / 'workdir'}",
-               "--config.eval.num_pictures=0", *policy, *args.override]
+               "--config.eval.num_pictures=0", *policy_args, *args.override]
     emit({"stage": "eval", "name": name, "command": " ".join(command[2:])})
     begin = time.perf_counter()
     with open(out / f"eval_{name}.log", "w") as log:
